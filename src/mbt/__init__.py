@@ -1,0 +1,7 @@
+"""mbt: the Multimodal Bottleneck Transformer (Nagrani et al., NeurIPS 2021) in PyTorch."""
+
+from mbt.config import Config, ConfigError, MBTConfig
+from mbt.model import MBT, MBTOutput
+
+__all__ = ["MBT", "MBTConfig", "MBTOutput", "Config", "ConfigError"]
+__version__ = "0.1.0"
