@@ -1,0 +1,4 @@
+from mbt.model.fusion import FusionEncoder, fusion_schedule
+from mbt.model.mbt import MBT, MBTOutput
+
+__all__ = ["MBT", "MBTOutput", "FusionEncoder", "fusion_schedule"]

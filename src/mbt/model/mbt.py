@@ -1,0 +1,166 @@
+"""The MBT model: per-modality tokenizers + CLS + positional embeddings -> fusion encoder -> shared norm and head."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mbt.config import MODALITY_KINDS, MBTConfig
+from mbt.model.blocks import layer_norm
+from mbt.model.fusion import FusionEncoder
+from mbt.model.tokenizers import FrameSamplingEmbed, SpectrogramEmbed, TubeletEmbed
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+PREPROCESSOR_NAME = "preprocessor.json"
+
+
+@dataclass
+class MBTOutput:
+    logits: torch.Tensor  # (B, num_classes): the fused prediction (mean of the per-modality logits)
+    modality_logits: dict[str, torch.Tensor] = field(default_factory=dict)  # token classifier only
+    features: dict[str, torch.Tensor] = field(default_factory=dict)  # per-modality pooled features after the norm
+
+
+def _lecun_normal_(weight: torch.Tensor) -> None:
+    fan_in = weight[0].numel()
+    nn.init.trunc_normal_(weight, std=math.sqrt(1.0 / fan_in) / 0.87962566103423978, a=-2.0, b=2.0)
+
+
+class MBT(nn.Module):
+    def __init__(self, config: MBTConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        # Preprocessing that the weights were trained with (preprocessor.json); set by training / from_pretrained.
+        self.preprocessing: dict[str, Any] | None = None
+        d = config.width
+        self.tokenizers = nn.ModuleDict()
+        self.pos_embed = nn.ParameterDict()
+        self.cls_token = nn.ParameterDict()
+        for m in config.modalities:
+            kind, channels = MODALITY_KINDS[m]
+            if kind == "audio":
+                self.tokenizers[m] = SpectrogramEmbed(d, config.spec_patch)
+            elif config.video_tokenizer == "tubelet":
+                self.tokenizers[m] = TubeletEmbed(channels, d, config.tubelet_size, config.patch_size)
+            else:
+                self.tokenizers[m] = FrameSamplingEmbed(channels, d, config.patch_size, config.num_frames,
+                                                        config.sampled_frames)
+            if config.classifier == "token":
+                self.cls_token[m] = nn.Parameter(torch.zeros(1, 1, d))
+            self.pos_embed[m] = nn.Parameter(torch.randn(1, config.num_tokens(m), d) * 0.02)
+        self.encoder = FusionEncoder(config)
+        self.norm = layer_norm(d)  # one final LayerNorm shared by all modalities (official `encoder_norm`)
+        self.head = nn.Linear(d, config.num_classes)  # shared, zero-initialised (official `output_projection`)
+        self._init_weights()
+
+    # ------------------------------------------------------------------ init (official initialisers)
+    def _init_weights(self) -> None:
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear) and name.endswith("attn.qkv"):
+                d = module.in_features
+                for chunk in module.weight.data.split(d, dim=0):  # xavier per q / k / v (fan_out = D)
+                    nn.init.xavier_uniform_(chunk)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Linear) and name.endswith("attn.proj"):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Linear) and ".mlp." in f".{name}":
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.normal_(module.bias, std=1e-6)
+            elif isinstance(module, (nn.Conv2d, nn.Conv3d)):
+                nn.init.zeros_(module.bias)
+                if isinstance(module, nn.Conv3d):
+                    # central-frame init: a 2-D kernel at the middle time index, zeros elsewhere (what the official
+                    # name means; its random initializer zeroes the width axis by mistake)
+                    weight = module.weight.data
+                    weight.zero_()
+                    _lecun_normal_(weight[:, :, weight.shape[2] // 2])
+                else:
+                    _lecun_normal_(module.weight.data)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    # ------------------------------------------------------------------ forward
+    def embed(self, m: str, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.tokenizers[m](x)
+        if self.config.classifier == "token":
+            tokens = torch.cat([self.cls_token[m].expand(tokens.shape[0], -1, -1), tokens], dim=1)
+        return tokens + self.pos_embed[m]
+
+    def _check_input(self, m: str, x: torch.Tensor) -> None:
+        expected = self.config.input_shape(m)
+        if tuple(x.shape[1:]) != expected:
+            raise ValueError(f"{m}: expected input of shape (B, {', '.join(map(str, expected))}), "
+                             f"got {tuple(x.shape)}")
+
+    def forward(self, video: torch.Tensor | None = None, audio: torch.Tensor | None = None, *,
+                fuse: bool = True, **inputs: torch.Tensor | None) -> MBTOutput:
+        """video: (B, 3, T, H, W); audio: (B, T_spec, n_mels) log-mel; other streams (e.g. `flow`) by name.
+
+        A modality given as None (or left out) is not run: the model then uses the streams it has.
+        """
+        inputs = {"video": video, "audio": audio, **inputs}
+        unknown = [m for m, x in inputs.items() if x is not None and m not in self.config.modalities]
+        if unknown:
+            raise ValueError(f"input {unknown[0]!r} is not a modality of this model {self.config.modalities}")
+        present = [m for m in self.config.modalities if inputs.get(m) is not None]
+        if not present:
+            raise ValueError(f"no input given; this model takes {', '.join(self.config.modalities)}")
+        for m in present:
+            self._check_input(m, inputs[m])
+        tokens = self.encoder({m: self.embed(m, inputs[m]) for m in present}, fuse=fuse)
+        return self.classify(tokens)
+
+    def classify(self, tokens: dict[str, torch.Tensor]) -> MBTOutput:
+        if self.config.classifier == "token":
+            features = {m: self.norm(x[:, 0]) for m, x in tokens.items()}
+            modality_logits = {m: self.head(f) for m, f in features.items()}
+            # evaluation output of the official code: the mean of the per-modality logits
+            logits = torch.stack(list(modality_logits.values()), dim=0).mean(dim=0)
+            return MBTOutput(logits, modality_logits, features)
+        # gap: mean over all tokens of all streams (official; the 3136 video tokens outweigh the 400 audio ones)
+        normed = self.norm(torch.cat(list(tokens.values()), dim=1))
+        pooled = normed.mean(dim=1)
+        return MBTOutput(self.head(pooled), {}, {"all": pooled})
+
+    # ------------------------------------------------------------------ persistence
+    def save_pretrained(self, directory: str | Path, preprocessing: dict[str, Any] | None = None) -> Path:
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+        (directory / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=1))
+        preprocessing = preprocessing if preprocessing is not None else self.preprocessing
+        if preprocessing is not None:
+            (directory / PREPROCESSOR_NAME).write_text(json.dumps(preprocessing, indent=1))
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> MBT:
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        for name in (CONFIG_NAME, WEIGHTS_NAME):
+            if not (directory / name).is_file():
+                raise FileNotFoundError(f"{directory}: no {name}; expected a directory written by save_pretrained "
+                                        "(or `mbt train` / `mbt convert`)")
+        config = MBTConfig.from_dict(json.loads((directory / CONFIG_NAME).read_text()))
+        model = cls(config)
+        state = load_file(str(directory / WEIGHTS_NAME), device=str(map_location))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{directory / WEIGHTS_NAME}: weights do not match config.json "
+                             f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        if (directory / PREPROCESSOR_NAME).is_file():
+            model.preprocessing = json.loads((directory / PREPROCESSOR_NAME).read_text())
+        return model.to(map_location)
