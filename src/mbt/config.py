@@ -7,7 +7,6 @@ typo in a YAML file or a ``--set`` never becomes a silently ignored setting.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -244,6 +243,8 @@ class DataConfig:
     eval_crops: int = 1
     # what to do with a clip lacking a modality the model needs: "skip" (logged and counted) or "error"
     on_missing_modality: str = "skip"
+    # decode every clip once and keep it in memory, without per-epoch augmentation (small sets, the demo)
+    cache: bool = False
 
     def validate(self) -> None:
         def need(ok: bool, key: str, why: str) -> None:
@@ -423,10 +424,11 @@ def load_config(source: str | Path, overrides: list[str] | None = None) -> Confi
     if text in PRESETS:
         return build_config({"model": {"preset": text}}, overrides)
     path = Path(text)
+    base = path.parent  # manifest paths in a user's YAML file are relative to the file
     if not path.exists():
         packaged = Path(__file__).parent / "configs" / (path.name if path.suffix else f"{path.name}.yaml")
         if packaged.exists():
-            path = packaged
+            path, base = packaged, Path.cwd()  # ... and in a packaged recipe, to where the command runs
         else:
             raise ConfigError(f"config {text!r}: no such file, and not a preset ({', '.join(sorted(PRESETS))})")
     try:
@@ -435,14 +437,9 @@ def load_config(source: str | Path, overrides: list[str] | None = None) -> Confi
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with model / data / train sections")
-    cfg = build_config(raw, overrides)
-    # manifest paths in a YAML file are relative to the file
+    data = raw.get("data") or {}
     for key in ("train", "val", "test", "classes"):
-        value = getattr(cfg.data, key)
-        if value and not Path(value).is_absolute():
-            setattr(cfg.data, key, str((path.parent / value).resolve()))
-    return cfg
-
-
-def config_json(cfg: MBTConfig) -> str:
-    return json.dumps(cfg.to_dict(), indent=1)
+        value = data.get(key)
+        if isinstance(value, str) and not Path(value).is_absolute():
+            data[key] = str((base / value).resolve())
+    return build_config(raw, overrides)

@@ -1,0 +1,139 @@
+"""`mbt data check|transcode|prepare|stats`: look after the media and manifests a model is trained on."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+
+def _default_jobs() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def _config(args: argparse.Namespace):
+    from mbt.config import build_config, load_config
+
+    if args.config:
+        return load_config(args.config, args.set)
+    return build_config(overrides=args.set)
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML file or preset whose data window is used (default: mbt-tiny)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, e.g. --set model.modalities=[audio] (repeatable)")
+
+
+def _write_json(path: str, payload: dict) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(payload, indent=1) + "\n")
+
+
+# ==================================================================== check
+def run_check(args: argparse.Namespace) -> int:
+    from mbt.data.check import check_manifest
+
+    report = check_manifest(args.manifest, _config(args), jobs=args.jobs)
+    print(report.summary())
+    if args.json:
+        _write_json(args.json, report.to_json())
+    return 0 if not report.problems else 1
+
+
+# ==================================================================== transcode
+def run_transcode(args: argparse.Namespace) -> int:
+    from mbt.data.transcode import transcode_manifest
+
+    report = transcode_manifest(args.manifest, args.out, short_side=args.short_side, gop=args.gop, fps=args.fps,
+                                jobs=args.jobs)
+    print(report.summary())
+    return 0 if not report.failed else 1
+
+
+# ==================================================================== prepare
+def run_prepare(args: argparse.Namespace) -> int:
+    from mbt.data import prepare
+
+    common = dict(pattern=args.pattern, keep_missing=args.keep_missing)
+    if args.dataset == "audioset":
+        result = prepare.prepare_audioset(args.annotations, args.media, args.out, full_videos=args.full_videos,
+                                          **common)
+    elif args.dataset == "vggsound":
+        result = prepare.prepare_vggsound(args.annotations, args.media, args.out, full_videos=args.full_videos,
+                                          **common)
+    else:
+        if args.full_videos:
+            raise ValueError("--full-videos: Epic-Kitchens media are always whole videos (start/end are written)")
+        result = prepare.prepare_epic_kitchens(args.annotations, args.media, args.out, **common)
+    print(result.summary())
+    return 0
+
+
+# ==================================================================== stats
+def run_stats(args: argparse.Namespace) -> int:
+    from mbt.data.stats import spectrogram_stats
+
+    stats = spectrogram_stats(args.manifest, _config(args), max_clips=args.max_clips, jobs=args.jobs)
+    print(stats.summary())
+    if args.json:
+        _write_json(args.json, stats.to_json())
+    return 0 if stats.clips else 1
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    data = subparsers.add_parser("data", help="check, transcode, prepare manifests, spectrogram statistics",
+                                 description="Tools for the media files and manifests a model is trained on.")
+    sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+
+    check = sub.add_parser("check", help="decode every row and report unusable or suspicious clips",
+                           description="Decodes every manifest row with the config's window. Problems (unusable "
+                                       "rows) make the exit code 1; warnings (usable but worth a look) do not.")
+    check.add_argument("manifest", help="manifest CSV (path,labels[,start,end])")
+    _add_config_options(check)
+    check.add_argument("--json", metavar="FILE", help='write {"ok", "problems", "warnings", "rows"} to FILE')
+    check.add_argument("--jobs", type=int, default=_default_jobs(), help="decoding processes (default: %(default)s)")
+    check.set_defaults(func=run_check)
+
+    transcode = sub.add_parser("transcode", help="re-encode media for fast random access; resumable",
+                               description="Re-encodes each file as H.264 (short side scaled, a keyframe every "
+                                           "GOP frames) + AAC 16 kHz mono in mp4, and writes the matching "
+                                           "manifest in DIR. Files already done are skipped; failures are "
+                                           "reported in DIR/transcode_report.json.")
+    transcode.add_argument("manifest", help="manifest CSV")
+    transcode.add_argument("--out", required=True, metavar="DIR", help="output folder (media + manifest)")
+    transcode.add_argument("--short-side", type=int, default=256, help="scale the short side to N px (default 256)")
+    transcode.add_argument("--gop", type=int, default=16, help="frames between keyframes (default 16)")
+    transcode.add_argument("--fps", type=float, default=None, help="resample video to F frames/s (default: keep)")
+    transcode.add_argument("--jobs", type=int, default=_default_jobs(), help="parallel files (default: %(default)s)")
+    transcode.set_defaults(func=run_transcode)
+
+    prep = sub.add_parser("prepare", help="build manifests from official annotation files",
+                          description="Builds manifests and a classes file from official annotation files and a "
+                                      "local media folder (searched recursively), counting rows with no file.")
+    prep.add_argument("dataset", choices=["audioset", "vggsound", "epic-kitchens"])
+    prep.add_argument("--annotations", required=True, metavar="PATH",
+                      help="folder of the official files (audioset: *_segments.csv + class_labels_indices.csv; "
+                           "vggsound: vggsound.csv; epic-kitchens: EPIC_100_{train,validation,verb_classes,"
+                           "noun_classes}.csv), or the one CSV file")
+    prep.add_argument("--media", required=True, metavar="DIR", help="folder holding the media files")
+    prep.add_argument("--out", required=True, metavar="DIR", help="where manifests and classes.txt are written")
+    prep.add_argument("--pattern", help="media file name, e.g. '{ytid}_{start}.mp4' (fields: ytid, start, end, "
+                                        "start_ms, end_ms; epic: participant_id, video_id); common extensions "
+                                        "are tried too (default: the usual namings)")
+    prep.add_argument("--keep-missing", action="store_true",
+                      help="keep rows whose file is missing (with the expected path) instead of leaving them out")
+    prep.add_argument("--full-videos", action="store_true",
+                      help="audioset/vggsound: the files are whole videos; write each segment's start/end")
+    prep.set_defaults(func=run_prepare)
+
+    stats = sub.add_parser("stats", help="spectrogram mean/std for data.normalisation: custom",
+                           description="Mean and std of the un-normalised audio front end over sampled clips, "
+                                       "printed as the config lines to paste.")
+    stats.add_argument("manifest", help="manifest CSV")
+    _add_config_options(stats)
+    stats.add_argument("--max-clips", type=int, default=1000, help="clips sampled (default 1000)")
+    stats.add_argument("--json", metavar="FILE", help='write {"spec_mean", "spec_std", "clips", ...} to FILE')
+    stats.add_argument("--jobs", type=int, default=_default_jobs(), help="decoding processes (default: %(default)s)")
+    stats.set_defaults(func=run_stats)

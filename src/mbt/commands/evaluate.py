@@ -1,0 +1,40 @@
+"""`mbt evaluate CHECKPOINT --manifest CSV [--clips N] [--crops N] [--modalities audio,video] [--json FILE]`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="metrics of a checkpoint on a manifest",
+                       description="Evaluates N evenly spaced clips x M crops per video, logits averaged per video "
+                                   "(official test: 4 clips, centre crop). Works under torchrun too.")
+    p.add_argument("checkpoint", help="a from_pretrained directory (output of mbt train / mbt convert)")
+    p.add_argument("--manifest", required=True, help="CSV manifest: path,labels[,start,end]")
+    p.add_argument("--clips", type=int, default=4, help="evenly spaced clips per video (default 4)")
+    p.add_argument("--crops", type=int, default=1, choices=(1, 3), help="1 = centre, 3 = left/centre/right")
+    p.add_argument("--modalities", default=None,
+                   help="comma-separated streams to use, e.g. audio, video or audio,video (default: all)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--json", dest="json_file", default=None, help="write the metrics as JSON to this file")
+    p.add_argument("--per-class-ap", default=None, help="write per-class AP to this CSV (multi-label)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mbt.engine.evaluate import evaluate_checkpoint
+
+    modalities = tuple(m.strip() for m in args.modalities.split(",") if m.strip()) if args.modalities else None
+    result = evaluate_checkpoint(args.checkpoint, args.manifest, num_clips=args.clips, num_crops=args.crops,
+                                 modalities=modalities, batch_size=args.batch_size, num_workers=args.num_workers,
+                                 per_class_csv=args.per_class_ap, progress=not args.no_progress)
+    if not result.metrics:  # not the main process under torchrun
+        return 0
+    print(json.dumps(result.metrics, indent=1))
+    if args.json_file:
+        with open(args.json_file, "w") as handle:
+            json.dump(result.metrics, handle, indent=1)
+    return 0

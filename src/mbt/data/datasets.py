@@ -1,0 +1,212 @@
+"""Clip datasets for training and evaluation, and the collate function that goes with them.
+
+Training gives one randomly placed, augmented clip per manifest row; its randomness is a function of
+(seed, epoch, row index) only, so a resumed run sees exactly the clips it would have seen, with any number of
+data-loader workers. Evaluation gives `num_clips` evenly spaced clips x `num_crops` crops per row ("views"),
+flattened as `row * views_per_row + view`; the engine averages the logits of a row's views.
+
+A clip that cannot be used (missing file, corrupt, lacking a modality the model needs) is never turned into a
+zero tensor with a label: the item is a skip marker that the collate function lists in `batch["skipped"]`, so the
+count survives worker processes and the engine can report it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from mbt.data.manifest import ManifestError, ManifestRow
+from mbt.media.decode import MediaError
+from mbt.media.preprocess import Preprocessor
+
+log = logging.getLogger("mbt.data")
+
+CENTRE_CROP = 1  # crop index of the Preprocessor: 0 left/top, 1 centre, 2 right/bottom
+
+
+def eval_positions(num_clips: int) -> list[float]:
+    """Relative clip positions in [0, 1] of the evaluation clips: evenly spaced, ends included; one -> middle."""
+    if num_clips < 1:
+        raise ValueError(f"num_clips must be >= 1, got {num_clips}")
+    if num_clips == 1:
+        return [0.5]
+    return [i / (num_clips - 1) for i in range(num_clips)]
+
+
+def eval_crops(num_crops: int) -> list[int]:
+    """Crop indices of the evaluation crops: the centre, or left / centre / right."""
+    if num_crops not in (1, 3):
+        raise ValueError(f"num_crops must be 1 (centre) or 3 (left/centre/right), got {num_crops}")
+    return [CENTRE_CROP] if num_crops == 1 else [0, 1, 2]
+
+
+def epoch_seed(seed: int, epoch: int, index: int) -> int:
+    """A well-mixed 63-bit seed for one item of one epoch (SeedSequence: nearby inputs give unrelated streams)."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+class ClipDataset(Dataset):
+    """Manifest rows -> model inputs and targets.
+
+    Targets: single-label -> int64 class index; multi-label -> float32 multi-hot (num_classes); with
+    `class_splits` (e.g. Epic-Kitchens verb 97 / noun 300, the classes listing the first split's names then the
+    second's) -> int64 (num_splits,), label j of a row being looked up among split j's names. Labels are checked
+    when the dataset is built: an unknown label is a ManifestError naming the manifest line.
+
+    An unusable clip (MediaError: missing, unreadable, empty, or lacking one of `modalities`) is logged and
+    returned as a skip marker with `on_missing_modality="skip"`; with "error" the MediaError is raised.
+
+    `set_epoch` must reach the dataset the workers use: the engine calls it before creating each epoch's iterator
+    (non-persistent workers copy the dataset then).
+    """
+
+    def __init__(self, rows: list[ManifestRow], class_names: list[str], preprocessor: Preprocessor, *,
+                 train: bool, modalities: tuple[str, ...], multi_label: bool = False,
+                 class_splits: tuple[int, ...] | None = None, num_clips: int = 1, num_crops: int = 1,
+                 on_missing_modality: str = "skip", seed: int = 0):
+        if on_missing_modality not in ("skip", "error"):
+            raise ValueError(f"on_missing_modality must be 'skip' or 'error', got {on_missing_modality!r}")
+        if class_splits is not None and multi_label:
+            raise ValueError("class_splits are softmax heads; they cannot be multi-label")
+        if class_splits is not None and sum(class_splits) != len(class_names):
+            raise ValueError(f"class_splits {tuple(class_splits)} do not sum to the {len(class_names)} classes")
+        self.rows = list(rows)
+        self.class_names = list(class_names)
+        self.preprocessor = preprocessor
+        self.train = train
+        self.modalities = tuple(modalities)
+        self.multi_label = multi_label
+        self.class_splits = tuple(class_splits) if class_splits is not None else None
+        self.on_missing_modality = on_missing_modality
+        self.seed = seed
+        self.epoch = 0
+        # training samples one random clip per row; evaluation enumerates the views
+        self.positions = eval_positions(1 if train else num_clips)
+        self.crops = eval_crops(1 if train else num_crops)
+        # Label indices of all rows in two flat arrays (row r: labels[offsets[r]:offsets[r + 1]]): checked now,
+        # compact for millions of rows, and shared copy-on-write by forked workers (lists of tensors are not).
+        lookups = self._split_indices()
+        indices: list[int] = []
+        offsets = [0]
+        for row in self.rows:
+            indices += self._label_indices(row, lookups)
+            offsets.append(len(indices))
+        self._labels = np.asarray(indices, dtype=np.int64)
+        self._offsets = np.asarray(offsets, dtype=np.int64)
+
+    # ---------------------------------------------------------------- targets
+    def _split_indices(self) -> list[dict[str, int]]:
+        if self.class_splits is None:
+            return [{name: i for i, name in enumerate(self.class_names)}]
+        lookups, offset = [], 0
+        for size in self.class_splits:
+            lookups.append({name: i for i, name in enumerate(self.class_names[offset:offset + size])})
+            offset += size
+        return lookups
+
+    def _label_indices(self, row: ManifestRow, lookups: list[dict[str, int]]) -> list[int]:
+        where = f"manifest line {row.line} ({row.path})"
+        if self.class_splits is not None:
+            if len(row.labels) != len(self.class_splits):
+                raise ManifestError(f"{where}: {len(row.labels)} label(s) {list(row.labels)}, but the "
+                                    f"{len(self.class_splits)} class splits need one each, separated by ';'")
+            for j, (label, lookup) in enumerate(zip(row.labels, lookups)):
+                if label not in lookup:
+                    raise ManifestError(f"{where}: label {label!r} is not among class split {j}'s "
+                                        f"{len(lookup)} names in the classes file")
+            return [lookup[label] for label, lookup in zip(row.labels, lookups)]
+        unknown = [label for label in row.labels if label not in lookups[0]]
+        if unknown:
+            raise ManifestError(f"{where}: label {unknown[0]!r} is not in the classes file")
+        if not self.multi_label and len(row.labels) != 1:
+            raise ManifestError(f"{where}: a single-label dataset needs exactly one label, got {list(row.labels)}")
+        return [lookups[0][label] for label in row.labels]
+
+    @property
+    def targets(self) -> Sequence[torch.Tensor]:
+        """`targets[row]`: the row's target, built when asked (see the class docstring for its form)."""
+        return _RowTargets(self)
+
+    def _target(self, row_index: int) -> torch.Tensor:
+        indices = torch.from_numpy(self._labels[self._offsets[row_index]:self._offsets[row_index + 1]].copy())
+        if self.multi_label:
+            target = torch.zeros(len(self.class_names), dtype=torch.float32)
+            target[indices] = 1.0
+            return target
+        return indices if self.class_splits is not None else indices[0]
+
+    # ---------------------------------------------------------------- views
+    @property
+    def views_per_row(self) -> int:
+        return len(self.positions) * len(self.crops)
+
+    def view(self, index: int) -> tuple[int, float, int]:
+        """(row index, clip position, crop index) of a dataset index."""
+        row, view = divmod(index, self.views_per_row)
+        clip, crop = divmod(view, len(self.crops))
+        return row, self.positions[clip], self.crops[crop]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.rows) * self.views_per_row
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} items")
+        row_index, position, crop = self.view(index)
+        row = self.rows[row_index]
+        try:
+            if self.train:
+                generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch, row_index))
+                sample = self.preprocessor(row.path, train=True, generator=generator, start=row.start, end=row.end,
+                                           modalities=self.modalities)
+            else:
+                sample = self.preprocessor(row.path, train=False, position=position, crop=crop, start=row.start,
+                                           end=row.end, modalities=self.modalities)
+        except MediaError as e:
+            if self.on_missing_modality == "error":
+                raise
+            log.warning("skipping %s (manifest line %d): %s: %s", row.path, row.line, e.kind, e.reason)
+            return {"skipped": e.reason, "kind": e.kind, "row": row_index, "path": str(row.path)}
+        for warning in sample.warnings:
+            log.debug("%s: %s", row.path, warning)
+        return {"inputs": {m: sample.inputs[m] for m in self.modalities}, "target": self._target(row_index),
+                "row": row_index, "view": index % self.views_per_row}
+
+
+class _RowTargets(Sequence):
+    def __init__(self, dataset: ClipDataset):
+        self._dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self._dataset.rows)
+
+    def __getitem__(self, row_index: int) -> torch.Tensor:
+        if not -len(self) <= row_index < len(self):
+            raise IndexError(f"row {row_index} out of range for {len(self)} rows")
+        return self._dataset._target(row_index % len(self))
+
+
+def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Stack the usable items; `skipped` lists (row, path, kind, reason) of the others.
+
+    A batch whose items were all skipped has empty `inputs`, `target` None and zero-length `row` / `view`.
+    """
+    usable = [item for item in items if "skipped" not in item]
+    skipped = [(item["row"], item["path"], item["kind"], item["skipped"]) for item in items if "skipped" in item]
+    batch: dict[str, Any] = {
+        "inputs": {m: torch.stack([item["inputs"][m] for item in usable]) for m in (usable[0]["inputs"]
+                                                                                     if usable else ())},
+        "target": torch.stack([item["target"] for item in usable]) if usable else None,
+        "row": torch.tensor([item["row"] for item in usable], dtype=torch.int64),
+        "view": torch.tensor([item["view"] for item in usable], dtype=torch.int64),
+        "skipped": skipped,
+    }
+    return batch

@@ -1,0 +1,246 @@
+"""`mbt data transcode`: re-encode a manifest's media for fast random access, resumably.
+
+Each file becomes an mp4 with H.264 video (short side scaled down to `short_side`, a keyframe every `gop` frames,
+so seeking to any clip decodes at most `gop` frames) and AAC 16 kHz mono audio (what the audio front end uses).
+Timestamps are kept, so the manifest's start/end still select the same moments. An output is written under a
+temporary name and renamed when complete: a file that exists is done, and a rerun skips it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+from mbt.data.check import map_with_progress
+from mbt.data.manifest import ManifestRow, read_manifest, write_manifest
+
+log = logging.getLogger("mbt.data")
+
+AUDIO_RATE = 16000
+REPORT_NAME = "transcode_report.json"
+
+
+class TranscodeError(RuntimeError):
+    """A file that could not be re-encoded; the message names it."""
+
+
+@dataclass
+class TranscodeReport:
+    manifest: Path  # the manifest written in the output folder
+    done: int = 0  # files encoded by this run
+    already_done: int = 0  # outputs that existed (a resumed run)
+    failed: list[dict[str, str]] = field(default_factory=list)  # {"path", "reason"}
+    rows: int = 0  # rows in the written manifest
+
+    def to_json(self) -> dict:
+        return {"manifest": str(self.manifest), "done": self.done, "already_done": self.already_done,
+                "rows": self.rows, "failed": self.failed}
+
+    def summary(self) -> str:
+        lines = [f"transcoded {self.done} file(s), {self.already_done} already done; {self.rows} rows in "
+                 f"{self.manifest}"]
+        if self.failed:
+            lines.append(f"{len(self.failed)} file(s) failed (their rows are left out; see "
+                         f"{self.manifest.parent / REPORT_NAME}):")
+            lines += [f"  {f['path']}: {f['reason']}" for f in self.failed]
+        return "\n".join(lines)
+
+
+def _even(x: float) -> int:
+    return max(2, int(round(x / 2)) * 2)  # yuv420p needs even sides
+
+
+def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """(width, height) with the short side brought down to `short_side` (never up), both even."""
+    scale = min(1.0, short_side / min(width, height))
+    return _even(width * scale), _even(height * scale)
+
+
+class _VideoSink:
+    """Scales and encodes decoded frames; with `fps`, emits a constant rate (output time k / fps shows the latest
+    source frame at or before it), otherwise keeps each frame's own time."""
+
+    def __init__(self, out: av.container.OutputContainer, stream: av.video.stream.VideoStream, *, short_side: int,
+                 gop: int, fps: float | None):
+        width, height = scaled_size(stream.codec_context.width, stream.codec_context.height, short_side)
+        source_rate = stream.average_rate or Fraction(25)
+        self.source_period = 1 / float(source_rate)
+        self.rate = Fraction(fps).limit_denominator(1001) if fps else source_rate
+        self.fps = fps
+        self.out = out
+        self.stream = out.add_stream("libx264", rate=self.rate)
+        self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, "yuv420p"
+        # a millisecond time base keeps variable frame times as they were
+        self.time_base = Fraction(1, 1000) if fps is None else 1 / self.rate
+        self.stream.codec_context.time_base = self.time_base
+        self.stream.time_base = self.time_base
+        self.stream.codec_context.gop_size = gop
+        # scenecut would add keyframes of its own; keyint/min-keyint pin the interval to `gop`
+        self.stream.options = {"x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0", "preset": "fast",
+                               "crf": "20"}
+        self.current: tuple[float, av.VideoFrame] | None = None
+        self.next_time = 0.0
+        self.last_pts = -1
+
+    def _emit(self, time: float, frame: av.VideoFrame) -> None:
+        pts = round(time / self.time_base)
+        if pts <= self.last_pts:  # two source frames within one output tick: keep the first
+            return
+        self.last_pts = pts
+        picture = frame.reformat(width=self.stream.width, height=self.stream.height, format="yuv420p")
+        picture.pts, picture.time_base = pts, self.time_base
+        self.out.mux(self.stream.encode(picture))
+
+    def push(self, frame: av.VideoFrame) -> None:
+        if frame.time is None:
+            return
+        if not self.fps:
+            self._emit(frame.time, frame)
+            return
+        if self.current is None:
+            self.next_time = frame.time
+        else:
+            while self.next_time < frame.time - 1e-9:
+                self._emit(self.next_time, self.current[1])
+                self.next_time += 1 / self.fps
+        self.current = (frame.time, frame)
+
+    def close(self) -> None:
+        if self.fps and self.current is not None:
+            # the last source frame lasts one source frame period
+            end = self.current[0] + self.source_period
+            while self.next_time < end - 1e-9:
+                self._emit(self.next_time, self.current[1])
+                self.next_time += 1 / self.fps
+        self.out.mux(self.stream.encode(None))
+
+
+class _AudioSink:
+    """Resamples to 16 kHz mono and encodes AAC; sample times count from the first input sample's time, so the
+    audio stays aligned with the video."""
+
+    def __init__(self, out: av.container.OutputContainer):
+        self.out = out
+        self.stream = out.add_stream("aac", rate=AUDIO_RATE, layout="mono")
+        self.resampler = av.AudioResampler(format="fltp", layout="mono", rate=AUDIO_RATE)
+        self.next_sample: int | None = None
+
+    def _encode(self, chunks: list[av.AudioFrame]) -> None:
+        for chunk in chunks:
+            chunk.pts, chunk.time_base = self.next_sample, Fraction(1, AUDIO_RATE)
+            self.next_sample += chunk.samples
+            self.out.mux(self.stream.encode(chunk))
+
+    def push(self, frame: av.AudioFrame) -> None:
+        if self.next_sample is None:
+            self.next_sample = max(0, int(round((frame.time or 0.0) * AUDIO_RATE)))
+        self._encode(self.resampler.resample(frame))
+
+    def close(self) -> None:
+        if self.next_sample is not None:
+            self._encode(self.resampler.resample(None))
+        self.out.mux(self.stream.encode(None))
+
+
+def transcode_file(src: str | Path, dst: str | Path, *, short_side: int = 256, gop: int = 16,
+                   fps: float | None = None) -> None:
+    """Re-encode one file to `dst` (written as `dst` only once complete). Raises TranscodeError."""
+    src, dst = Path(src), Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.part")
+    try:
+        _encode(src, tmp, short_side=short_side, gop=gop, fps=fps)
+        os.replace(tmp, dst)
+    except (av.FFmpegError, OSError, ValueError) as e:
+        raise TranscodeError(f"{src}: {e}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _encode(src: Path, dst: Path, *, short_side: int, gop: int, fps: float | None) -> None:
+    with av.open(str(src)) as source:
+        inputs = [s for s in (source.streams.video[:1] + source.streams.audio[:1])]
+        if not inputs:
+            raise ValueError("no audio or video stream")
+        # faststart puts the index first: a reader can seek without scanning the file
+        with av.open(str(dst), "w", format="mp4", options={"movflags": "+faststart"}) as out:
+            sinks: dict[int, _VideoSink | _AudioSink] = {}
+            for stream in inputs:
+                sinks[stream.index] = (_VideoSink(out, stream, short_side=short_side, gop=gop, fps=fps)
+                                       if stream.type == "video" else _AudioSink(out))
+            # one pass over the interleaved packets keeps the output interleaved too
+            for packet in source.demux(*inputs):
+                for frame in packet.decode():
+                    sinks[packet.stream.index].push(frame)
+            for sink in sinks.values():
+                sink.close()
+
+
+# ==================================================================== a manifest
+def output_names(sources: list[Path], manifest_dir: Path) -> dict[Path, Path]:
+    """Output path (relative to the output folder) of each source, with an .mp4 suffix: its path relative to the
+    manifest's folder, or to the sources' common folder when some lie outside it. Where two sources would collide
+    (a.mkv and a.mp4), their old suffix is kept (a.mkv.mp4)."""
+    resolved = {src: src.resolve() for src in sources}
+    base = manifest_dir.resolve()
+    if not all(path.is_relative_to(base) for path in resolved.values()):
+        base = Path(os.path.commonpath([path.parent for path in resolved.values()]))
+    relative = {src: path.relative_to(base) for src, path in resolved.items()}
+    names = {src: rel.with_suffix(".mp4") for src, rel in relative.items()}
+    counts: dict[Path, int] = {}
+    for name in names.values():
+        counts[name] = counts.get(name, 0) + 1
+    return {src: name if counts[name] == 1 else relative[src].with_name(relative[src].name + ".mp4")
+            for src, name in names.items()}
+
+
+def _transcode_job(job: tuple[Path, Path, int, int, float | None]) -> tuple[str, str | None]:
+    src, dst, short_side, gop, fps = job
+    try:
+        transcode_file(src, dst, short_side=short_side, gop=gop, fps=fps)
+    except TranscodeError as e:
+        return "failed", str(e).removeprefix(f"{src}: ")
+    return "done", None
+
+
+def transcode_manifest(manifest: str | Path, out: str | Path, *, short_side: int = 256, gop: int = 16,
+                       fps: float | None = None, jobs: int = 1, progress: bool = True) -> TranscodeReport:
+    """Re-encode every file of a manifest into `out` and write `out/<manifest name>` pointing at the outputs
+    (labels and start/end kept); rows whose file failed are left out and listed in `out/transcode_report.json`."""
+    if short_side < 2 or gop < 1 or (fps is not None and fps <= 0):
+        raise ValueError(f"need short_side >= 2, gop >= 1 and fps > 0; got {short_side}, {gop}, {fps}")
+    manifest, out = Path(manifest), Path(out)
+    rows = read_manifest(manifest)
+    sources = list(dict.fromkeys(row.path for row in rows))  # a video with many segments is encoded once
+    names = output_names(sources, manifest.parent)
+    out.mkdir(parents=True, exist_ok=True)
+    report = TranscodeReport(out / manifest.name)
+    if report.manifest.resolve() == manifest.resolve():
+        raise ValueError(f"{out}: the output folder holds the input manifest; choose another folder")
+    todo = []
+    for src in sources:
+        if (out / names[src]).exists():
+            report.already_done += 1
+        else:
+            todo.append((src, out / names[src], short_side, gop, fps))
+    failed: set[Path] = set()
+    for job, (status, reason) in zip(todo, map_with_progress(_transcode_job, todo, jobs=jobs, desc="transcode",
+                                                             progress=progress)):
+        if status == "done":
+            report.done += 1
+        else:
+            failed.add(job[0])
+            report.failed.append({"path": str(job[0]), "reason": reason})
+            log.warning("transcode failed: %s: %s", job[0], reason)
+    kept = [ManifestRow(out / names[row.path], row.labels, row.start, row.end, row.line)
+            for row in rows if row.path not in failed]
+    write_manifest(report.manifest, kept)
+    report.rows = len(kept)
+    (out / REPORT_NAME).write_text(json.dumps(report.to_json(), indent=1) + "\n")
+    return report

@@ -1,0 +1,100 @@
+"""Processes started by torchrun (one node or many, the same command): set-up, samplers, gathering.
+
+Samplers are pure functions of (seed, epoch): resuming needs only the epoch and the number of batches done, and
+every rank computes the same permutation without talking to the others.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def setup_distributed() -> DistInfo:
+    """Reads torchrun's environment; gloo on CPU, NCCL on GPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(rank, world, local, device)
+
+
+def shard_indices(num_items: int, epoch: int, seed: int, info: DistInfo, *, shuffle: bool,
+                  weights: torch.Tensor | None = None) -> list[int]:
+    """This rank's training indices for an epoch: the same global order on every rank, padded by wrapping so that
+    every rank takes the same number of steps, then strided over ranks."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    if weights is not None:
+        order = torch.multinomial(weights, num_items, replacement=True, generator=g).tolist()
+    elif shuffle:
+        order = torch.randperm(num_items, generator=g).tolist()
+    else:
+        order = list(range(num_items))
+    per_rank = -(-num_items // info.world_size)
+    order += order[: per_rank * info.world_size - num_items]
+    return order[info.rank:: info.world_size]
+
+
+def balanced_weights(label_lists: list[tuple[str, ...]]) -> torch.Tensor:
+    """Per-example sampling weights for label-skewed sets (AudioSet): each clip weighs as its rarest label,
+    1 / frequency, so rare classes are seen about as often as frequent ones."""
+    counts = Counter(label for labels in label_lists for label in labels)
+    weights = [max((1.0 / counts[label] for label in labels), default=0.0) for labels in label_lists]
+    return torch.tensor(weights, dtype=torch.double)
+
+
+def eval_indices(num_items: int, info: DistInfo) -> list[int]:
+    """Evaluation shard: strided, no padding, so every item is evaluated exactly once over all ranks."""
+    return list(range(info.rank, num_items, info.world_size))
+
+
+def gather_objects(obj, info: DistInfo) -> list:
+    if not info.enabled:
+        return [obj]
+    out = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def all_reduce_sum(value: float, info: DistInfo) -> float:
+    if not info.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t.item())
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+def cleanup(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,55 @@
+"""Losses on soft targets, so that label smoothing, mixup and class splits share one path.
+
+Targets are dense (B, num_classes) floats: a one-hot per class split for single-label and multi-head sets,
+a multi-hot vector for multi-label sets; mixup mixes them like the inputs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from mbt.config import MBTConfig
+from mbt.model import MBTOutput
+
+
+def dense_targets(target: torch.Tensor, cfg: MBTConfig) -> torch.Tensor:
+    """Dataset targets -> (B, num_classes) float: class index, per-split indices, or multi-hot."""
+    if cfg.multi_label:
+        return target.float()
+    if cfg.class_splits is None:
+        return F.one_hot(target.long(), cfg.num_classes).float()
+    return torch.cat([F.one_hot(target[:, j].long(), n).float() for j, n in enumerate(cfg.class_splits)], dim=1)
+
+
+def _smooth(target: torch.Tensor, smoothing: float) -> torch.Tensor:
+    # official: y * (1 - ls) + ls / C
+    return target * (1.0 - smoothing) + smoothing / target.shape[-1] if smoothing else target
+
+
+def classification_loss(logits: torch.Tensor, target: torch.Tensor, cfg: MBTConfig, smoothing: float = 0.0):
+    logits = logits.float()
+    if cfg.multi_label:
+        # official: sigmoid BCE summed over classes, averaged over the batch
+        bce = F.binary_cross_entropy_with_logits(logits, _smooth(target, smoothing), reduction="none")
+        return bce.sum(dim=1).mean()
+    splits = cfg.class_splits or (cfg.num_classes,)
+    losses = [
+        -(_smooth(t, smoothing) * F.log_softmax(lg, dim=-1)).sum(dim=-1).mean()
+        for lg, t in zip(logits.split(splits, dim=1), target.split(splits, dim=1))
+    ]
+    return torch.stack(losses).mean()  # one softmax per class split, averaged (Epic-Kitchens verb / noun)
+
+
+def mbt_loss(out: MBTOutput, targets: dict[str, torch.Tensor] | torch.Tensor, cfg: MBTConfig,
+             smoothing: float = 0.0) -> torch.Tensor:
+    """With the token classifier: the mean of the per-modality losses (official). `targets` may differ per
+    modality (mixup with one weight per modality)."""
+    def target_for(m: str) -> torch.Tensor:
+        return targets[m] if isinstance(targets, dict) else targets
+
+    if out.modality_logits:
+        losses = [classification_loss(lg, target_for(m), cfg, smoothing) for m, lg in out.modality_logits.items()]
+        return torch.stack(losses).mean()
+    target = target_for(next(iter(targets))) if isinstance(targets, dict) else targets
+    return classification_loss(out.logits, target, cfg, smoothing)

@@ -1,0 +1,103 @@
+"""`mbt data transcode`: outputs re-probed (short side, keyframe interval, audio), resume, failures reported."""
+
+from __future__ import annotations
+
+import json
+
+import av
+import pytest
+
+from mbt.cli import main
+from mbt.data.manifest import ManifestRow, read_manifest, write_manifest
+from mbt.data.transcode import transcode_manifest
+from mbt.media.decode import probe
+from media_factory import read_marker, write_av
+
+
+def packet_times(path) -> list[tuple[float, bool]]:
+    """(time, is_keyframe) of every video packet, in display order."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        return sorted((float(p.pts * stream.time_base), p.is_keyframe) for p in container.demux(stream)
+                      if p.pts is not None)
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sources")
+    write_av(d / "a.mp4", seconds=2.0, size=(320, 240), sample_rate=44100, channels=2)
+    (d / "sub").mkdir()
+    write_av(d / "sub" / "b.mkv", seconds=1.0, size=(240, 320), fps=30)
+    write_av(d / "vfr.mp4", seconds=1.0, size=(160, 120), vfr=True)
+    (d / "broken.mp4").write_bytes(b"not a video at all" * 20)
+    rows = [ManifestRow(d / "a.mp4", ("dog",), 0.5, 1.5), ManifestRow(d / "a.mp4", ("cat",), 1.0, 2.0),
+            ManifestRow(d / "sub" / "b.mkv", ("cat",)), ManifestRow(d / "broken.mp4", ("dog",)),
+            ManifestRow(d / "missing.mp4", ("dog",))]
+    write_manifest(d / "train.csv", rows)
+    return d
+
+
+@pytest.fixture(scope="module")
+def transcoded(sources, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    return out, transcode_manifest(sources / "train.csv", out, short_side=96, gop=8, progress=False)
+
+
+def test_outputs_have_the_short_side_gop_and_16k_mono_audio(transcoded):
+    out, _ = transcoded
+    info = probe(out / "a.mp4")
+    assert (info.width, info.height) == (128, 96) and info.video_codec == "h264"
+    assert (info.audio_codec, info.sample_rate, info.channels) == ("aac", 16000, 1)
+    portrait = probe(out / "sub" / "b.mp4")
+    assert (portrait.width, portrait.height) == (96, 128)
+    for name, frames in (("a.mp4", 50), ("sub/b.mp4", 30)):
+        packets = packet_times(out / name)
+        assert len(packets) == frames
+        assert [i for i, (_, key) in enumerate(packets) if key] == list(range(0, frames, 8))
+
+
+def test_frame_times_are_kept_so_start_and_end_still_match(transcoded):
+    out, _ = transcoded
+    with av.open(str(out / "a.mp4")) as container:
+        frames = {round(f.time, 2): read_marker(f.to_ndarray(format="rgb24")) for f in container.decode(video=0)}
+    assert frames[1.0] == 25 and frames[0.0] == 0 and frames[1.96] == 49
+
+
+def test_manifest_keeps_labels_and_windows_and_drops_failures(transcoded, sources):
+    out, report = transcoded
+    rows = read_manifest(out / "train.csv")
+    assert [(r.path.relative_to(out).as_posix(), r.labels, r.start, r.end) for r in rows] == [
+        ("a.mp4", ("dog",), 0.5, 1.5), ("a.mp4", ("cat",), 1.0, 2.0), ("sub/b.mp4", ("cat",), None, None)]
+    assert report.done == 2  # a.mp4 listed twice is encoded once
+    failed = {f["path"]: f["reason"] for f in report.failed}
+    assert set(failed) == {str(sources / "broken.mp4"), str(sources / "missing.mp4")}
+    assert all(failed.values())
+    saved = json.loads((out / "transcode_report.json").read_text())
+    assert sorted(f["path"] for f in saved["failed"]) == sorted(failed)
+    assert not list(out.rglob("*.part"))  # no temporary left behind
+
+
+def test_rerun_skips_finished_outputs(transcoded, sources):
+    out, _ = transcoded
+    before = (out / "a.mp4").stat().st_mtime_ns
+    again = transcode_manifest(sources / "train.csv", out, short_side=96, gop=8, progress=False)
+    assert (again.done, again.already_done, len(again.failed)) == (0, 2, 2)
+    assert (out / "a.mp4").stat().st_mtime_ns == before
+
+
+def test_fps_option_makes_a_variable_rate_constant(sources, tmp_path):
+    write_manifest(tmp_path / "m.csv", [ManifestRow(sources / "vfr.mp4", ("a",))])
+    report = transcode_manifest(tmp_path / "m.csv", tmp_path / "out", fps=10, gop=5, progress=False)
+    assert report.done == 1
+    times = [t for t, _ in packet_times(tmp_path / "out" / "vfr.mp4")]
+    assert len(times) in (10, 11)  # 1 s at 10 fps; the last source frame's own duration may add one
+    assert all(abs((b - a) - 0.1) < 1e-6 for a, b in zip(times, times[1:]))
+
+
+def test_transcode_command_runs_in_parallel_and_reports_failures(sources, tmp_path, capsys):
+    code = main(["data", "transcode", str(sources / "train.csv"), "--out", str(tmp_path / "out"),
+                 "--short-side", "64", "--gop", "4", "--jobs", "2"])
+    assert code == 1  # some files failed; the others are done
+    printed = capsys.readouterr().out
+    assert "broken.mp4" in printed and "2 file(s) failed" in printed
+    assert probe(tmp_path / "out" / "a.mp4").height == 64
