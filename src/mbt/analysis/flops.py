@@ -64,5 +64,7 @@ def count_flops(cfg: MBTConfig, batch_size: int = 1) -> FlopReport:
                if re.match(rf"(tokenizers|pos_embed|cls_token|encoder\.streams)\.{m}\.", name)
                or name in (f"pos_embed.{m}", f"cls_token.{m}"))
         for m in cfg.modalities}
+    if cfg.share_weights:
+        params_per_modality["joint"] = sum(p.numel() for p in model.encoder.shared.parameters())
     params = sum(p.numel() for p in model.parameters())
     return FlopReport(total, params, per_modality, params_per_modality, unimodal)

@@ -25,8 +25,11 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.to_dict()))
         return 0
-    print(f"{args.config}: fusion={cfg.fusion} fusion_layer={cfg.fusion_layer}/{cfg.depth} "
-          f"bottlenecks={cfg.num_bottlenecks} share_weights={cfg.share_weights}")
+    exchange = "late (none)" if cfg.fusion_layer == cfg.depth else (
+        f"{cfg.fusion} from layer {cfg.fusion_layer} of {cfg.depth}"
+        + (f", {cfg.num_bottlenecks} bottlenecks" if cfg.fusion == "bottleneck" else "")
+        + (", shared weights" if cfg.share_weights else ""))
+    print(f"{args.config}: fusion {exchange}")
     print(f"{'':12s}{'GFLOPs':>10s}{'params':>14s}")
     for m, g in report.per_modality.items():
         print(f"{m:12s}{g:10.1f}{report.params_per_modality.get(m, 0):14,d}")
