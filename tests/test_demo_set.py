@@ -28,6 +28,11 @@ def relation_set(tmp_path_factory) -> DemoSet:
     return build_demo_set(tmp_path_factory.mktemp("demo"), variant="relation", jobs=2, **SMALL)
 
 
+@pytest.fixture(scope="module")
+def match_set(tmp_path_factory) -> DemoSet:
+    return build_demo_set(tmp_path_factory.mktemp("demo"), variant="match", jobs=2, **SMALL)
+
+
 def decode(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """All frames (T, H, W, 3) uint8 and the mono audio samples of a clip."""
     with av.open(str(path)) as container:
@@ -91,9 +96,10 @@ def test_non_default_format_is_respected(tmp_path):
             assert container.streams.video[0].average_rate == 4
 
 
-@pytest.mark.parametrize("variant", ["fusion", "relation"])
-def test_manifests_list_every_clip_once_with_a_known_label_and_balanced_classes(variant, fusion_set, relation_set):
-    demo = {"fusion": fusion_set, "relation": relation_set}[variant]
+@pytest.mark.parametrize("variant", ["fusion", "relation", "match"])
+def test_manifests_list_every_clip_once_with_a_known_label_and_balanced_classes(variant, fusion_set, relation_set,
+                                                                                 match_set):
+    demo = {"fusion": fusion_set, "relation": relation_set, "match": match_set}[variant]
     assert demo.variant == variant
     assert read_classes(demo.classes) == demo.class_names
     assert len(demo.class_names) == (8 if variant == "fusion" else 2)
@@ -182,17 +188,68 @@ def test_relation_event_times_alone_say_nothing_about_the_label(relation_set):
         assert sorted(float(row["audio_event_s"]) for row in rows) == slots
 
 
-@pytest.mark.parametrize("variant", ["fusion", "relation"])
+MATCHING = {("red", "low"), ("blue", "high")}  # the match variant's definition of `match`
+
+
+def match_cues(path: Path) -> dict[str, float | str | int]:
+    """What the decoded clip shows and plays: flash colour and onset, tone pitch, frequency, onset and length."""
+    frames, audio = decode(path)
+    sampled = frames[::4].astype(float).mean(axis=(1, 2))  # (8, 3) mean colour at 2 fps, as the demo config samples
+    flashed = np.flatnonzero(sampled.max(axis=1) > 150)  # a saturated flash drives one channel far above the dark
+    dominant = sampled[flashed].mean(axis=0).argmax()
+    t_flash = flashed[0] * GRID_S if len(flashed) else float("nan")
+    energy = energy_10ms(audio)
+    loud = energy > 0.5 * energy.max()
+    t_tone = np.argmax(loud) * 0.01
+    # Dominant frequency over the flash's second: 1 Hz resolution.
+    window = audio[round(t_flash * 16000):][:16000]
+    tone_hz = np.fft.rfftfreq(len(window), 1 / 16000)[np.abs(np.fft.rfft(window)).argmax()]
+    return {"flash_frames": len(flashed), "flash_span": int(flashed[-1] - flashed[0]) + 1 if len(flashed) else 0,
+            "colour": {0: "red", 2: "blue"}.get(int(dominant), f"channel {dominant}"), "t_flash": t_flash,
+            "tone_hz": tone_hz, "pitch": "low" if tone_hz < 1000 else "high", "t_tone": t_tone,
+            "tone_s": loud.sum() * 0.01, "num_frames": len(frames), "num_samples": len(audio)}
+
+
+def test_match_flash_and_tone_start_together_and_last_one_second(match_set):
+    for row in meta_rows(match_set):
+        cues = match_cues(match_set.root / row["path"])
+        assert cues["num_frames"] == 32 and 64000 <= cues["num_samples"] < 64000 + 2048, row
+        # Two consecutive sampled frames (1.0 s) see the flash; the tone sounds over that same second.
+        assert cues["flash_frames"] == cues["flash_span"] == 2, (row, cues)
+        assert cues["t_flash"] == float(row["video_event_s"]) == float(row["audio_event_s"]), (row, cues)
+        assert abs(cues["t_tone"] - cues["t_flash"]) < GRID_S, (row, cues)  # within one sampled frame
+        assert cues["t_tone"] == pytest.approx(float(row["audio_event_s"]), abs=0.02), (row, cues)
+        assert cues["tone_s"] == pytest.approx(1.0, abs=0.03), (row, cues)
+
+
+def test_match_label_is_the_xor_of_the_colour_seen_and_the_pitch_heard(match_set):
+    for row in meta_rows(match_set):
+        cues = match_cues(match_set.root / row["path"])
+        assert (cues["colour"], cues["pitch"]) == (row["visual"], row["sound"]), (row, cues)
+        assert cues["tone_hz"] == pytest.approx(float(row["tone_hz"]), abs=2.0), (row, cues)
+        assert row["label"] == ("match" if (cues["colour"], cues["pitch"]) in MATCHING else "mismatch"), row
+
+
+def test_match_colour_and_pitch_alone_say_nothing_about_the_label(match_set):
+    assert match_set.class_names == ["match", "mismatch"]
+    rows = meta_rows(match_set)
+    for split, n in (("train", 16), ("val", 8), ("test", 8)):
+        cells = Counter((row["visual"], row["sound"]) for row in rows if row["split"] == split)
+        # Every (colour, pitch) cell equally often: each of colour and pitch is uniform within each class.
+        assert cells == {cell: n // 4 for cell in (("red", "low"), ("red", "high"), ("blue", "low"),
+                                                   ("blue", "high"))}, split
+
+
+@pytest.mark.parametrize("variant", ["fusion", "relation", "match"])
 def test_same_seed_gives_identical_clips_whatever_the_number_of_processes(variant, fusion_set, relation_set,
-                                                                          tmp_path):
-    first = {"fusion": fusion_set, "relation": relation_set}[variant]
+                                                                          match_set, tmp_path):
+    first = {"fusion": fusion_set, "relation": relation_set, "match": match_set}[variant]
     again = build_demo_set(tmp_path, variant=variant, jobs=1, **SMALL)
     assert again.root != first.root
     for a, b in zip(all_clips(first), all_clips(again), strict=True):
         assert a.name == b.name
-        frames_a, audio_a = decode(a)
-        frames_b, audio_b = decode(b)
-        assert np.array_equal(frames_a, frames_b) and np.array_equal(audio_a, audio_b), a.name
+        # Byte-identical files (the encoders run deterministically), hence identical decoded frames and audio.
+        assert a.read_bytes() == b.read_bytes(), a.name
     assert first.meta.read_text() == again.meta.read_text()
 
 

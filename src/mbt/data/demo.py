@@ -7,7 +7,7 @@ across splits) share a stream. The demo model sees the whole clip: 8 frames samp
 therefore built to survive that sampling and the compression: visual events last at least 0.5 s (one sampled frame
 always sees them), sounds at least 0.25 s, objects are big uniform shapes, tones stand well above the noise.
 
-Two variants, each written to `root/<variant>/{media/*.mp4, classes.txt, train.csv, val.csv, test.csv, meta.csv}`:
+Three variants, each written to `root/<variant>/{media/*.mp4, classes.txt, train.csv, val.csv, test.csv, meta.csv}`:
 
 ``fusion`` — 8 classes = 4 visual patterns × 2 sound patterns. The visual pattern is a big moving object on a
 noisy, low-saturation textured background: a red disc, a green square, a blue triangle or a yellow cross (colour and
@@ -30,8 +30,20 @@ against the label) stays at chance; even an additive f(video) + g(audio) trained
 K = 8 (exhaustive search over every such decision rule), whereas any model that lets the streams interact can
 reach 100 %.
 
+``match`` — 2 classes, `match` / `mismatch`. Every clip shows one full-frame flash lasting 1.0 s (two sampled frames)
+from a random start on the 0.5 s grid, RED or BLUE on a dark noisy background, and plays at the same time and for
+the same 1.0 s a loud tone that is LOW (300–450 Hz) or HIGH (1.5–2.2 kHz) above a faint noise floor. The label is
+the XOR of the two: `match` for red + low or blue + high, `mismatch` for red + high or blue + low. The four
+(colour, pitch) cells are balanced within each split (exactly when its size is a multiple of 4), so colour and pitch
+are each uniform and independent of the label: A only = V only = **50 %** (chance), A+V = **100 %**. Late fusion
+trained as MBT trains it stays at chance, and an additive f(video) + g(audio) is capped at **75 %** (no sum of a
+colour term and a pitch term separates an XOR: at best it gets three of the four cells right), whereas a model
+whose streams interact learns it quickly. Unlike ``relation``, the relation is between two attributes that each
+stream shows plainly for a whole second, not between event times.
+
 `meta.csv` holds per-clip ground truth: split, path, label, visual, sound, corrupted (none / video / audio),
-tone_hz, video_event_s (flash onset), audio_event_s (beep onset; first beep for ``beeps``).
+tone_hz, video_event_s (flash onset), audio_event_s (beep or tone onset; first beep for ``beeps``); for ``match``,
+visual is the flash colour (red / blue) and sound the pitch (low / high).
 """
 
 from __future__ import annotations
@@ -53,17 +65,22 @@ from mbt.data.manifest import ManifestRow, write_classes, write_manifest
 
 # Bump when the generator changes what it draws, so that builds made by an older version are not reused.
 GENERATOR_VERSION = 1
-VARIANTS = ("fusion", "relation")
+VARIANTS = ("fusion", "relation", "match")
 SPLITS = ("train", "val", "test")
 MARKER = ".complete.json"
 CORRUPT_FRACTION = 0.1  # per corrupted modality, fusion variant
 EVENT_GRID_S = 0.5  # frame spacing of the demo config's sampling (every 4th frame of 8 fps)
 MIN_SYNC_GAP_SLOTS = 3  # out-of-sync events are at least 3 slots (1.5 s) apart
+MATCH_EVENT_SLOTS = 2  # match: flash and tone last 2 slots (1.0 s), so two sampled frames see the flash
 
 VISUAL_GROUPS = ("red_disc", "green_square", "blue_triangle", "yellow_cross")
 SOUND_GROUPS = ("hum", "beeps")
 _COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 230), "yellow": (230, 210, 40)}
+_TONE_HZ = {"low": (300, 450), "high": (1500, 2200)}  # fusion's hum / beeps, match's pitches
 RELATION_CLASSES = ("in_sync", "out_of_sync")
+MATCH_CLASSES = ("match", "mismatch")
+MATCH_COLOURS = ("red", "blue")
+MATCH_PITCHES = ("low", "high")  # index-aligned with MATCH_COLOURS: colour i + pitch i is a match
 META_FIELDS = ("split", "path", "label", "visual", "sound", "corrupted", "tone_hz", "video_event_s",
                "audio_event_s")
 
@@ -99,6 +116,8 @@ class _ClipPlan:
     corrupted: str = "none"  # fusion: none / video / audio
     flash_slot: int = -1  # relation
     beep_slot: int = -1  # relation
+    colour: int = -1  # match: index into MATCH_COLOURS
+    pitch: int = -1  # match: index into MATCH_PITCHES
 
 
 @dataclass(frozen=True)
@@ -116,7 +135,7 @@ def class_names(variant: str) -> list[str]:
     _check_variant(variant)
     if variant == "fusion":
         return [f"{v}+{s}" for v in VISUAL_GROUPS for s in SOUND_GROUPS]
-    return list(RELATION_CLASSES)
+    return list(MATCH_CLASSES if variant == "match" else RELATION_CLASSES)
 
 
 def build_demo_set(root: str | Path, *, variant: str = "fusion", num_train: int = 480, num_val: int = 120,
@@ -222,6 +241,11 @@ def _plan_split(fmt: _Format, split: str, n: int) -> list[_ClipPlan]:
         for i, (_, c) in enumerate(order):
             corrupted = "video" if i < n_corrupt else "audio" if i < 2 * n_corrupt else "none"
             specs.append({"label": c, "corrupted": corrupted})
+    elif fmt.variant == "match":
+        for k, c in order:
+            # Alternating the colour within each class balances the four (colour, pitch) cells.
+            colour = k % 2
+            specs.append({"label": c, "colour": colour, "pitch": colour if c == 0 else 1 - colour})
     else:
         slots = round(fmt.seconds / EVENT_GRID_S)
         shifts = range(MIN_SYNC_GAP_SLOTS, slots - MIN_SYNC_GAP_SLOTS + 1)
@@ -238,10 +262,8 @@ def _make_clip(task: tuple[_Format, _ClipPlan, Path]) -> dict[str, str]:
     """Draw, encode and write one clip; returns its meta.csv fields (besides split, path and label)."""
     fmt, plan, path = task
     rng = np.random.default_rng([fmt.seed, SPLITS.index(plan.split), 1, plan.index])
-    if fmt.variant == "fusion":
-        frames, audio, meta = _fusion_clip(fmt, plan, rng)
-    else:
-        frames, audio, meta = _relation_clip(fmt, plan, rng)
+    clip = {"fusion": _fusion_clip, "relation": _relation_clip, "match": _match_clip}[fmt.variant]
+    frames, audio, meta = clip(fmt, plan, rng)
     tmp = path.with_name(path.stem + ".tmp.mp4")
     _write_mp4(tmp, frames, audio, fmt.fps, fmt.sample_rate)
     os.replace(tmp, path)  # a clip is either complete or absent, never half-written
@@ -283,10 +305,10 @@ def _fusion_clip(fmt: _Format, plan: _ClipPlan, rng: np.random.Generator):
     else:
         amplitude = rng.uniform(0.3, 0.5)
         if SOUND_GROUPS[sound] == "hum":
-            freq = rng.uniform(300, 450)
+            freq = rng.uniform(*_TONE_HZ["low"])
             gate = _gate(t, 0.0, fmt.seconds, fmt.seconds)
         else:
-            freq = rng.uniform(1500, 2200)
+            freq = rng.uniform(*_TONE_HZ["high"])
             onset = rng.uniform(0, 0.25)
             gate = _gate(t, onset, 0.25, 0.5)
             meta["audio_event_s"] = f"{onset:.4f}"
@@ -315,6 +337,31 @@ def _relation_clip(fmt: _Format, plan: _ClipPlan, rng: np.random.Generator):
     audio += rng.normal(0, rng.uniform(0.003, 0.01), n)
     meta = {"visual": "", "sound": "", "corrupted": "none", "tone_hz": f"{freq:.2f}",
             "video_event_s": f"{t_flash:g}", "audio_event_s": f"{t_beep:g}"}
+    return frames, audio, meta
+
+
+def _match_clip(fmt: _Format, plan: _ClipPlan, rng: np.random.Generator):
+    num_frames = round(fmt.seconds * fmt.fps)
+    slots = round(fmt.seconds / EVENT_GRID_S)
+    onset = int(rng.integers(0, slots - MATCH_EVENT_SLOTS + 1)) * EVENT_GRID_S
+    duration = MATCH_EVENT_SLOTS * EVENT_GRID_S
+    colour_name, pitch = MATCH_COLOURS[plan.colour], MATCH_PITCHES[plan.pitch]
+
+    # Per-frame base colour: dark everywhere, the saturated flash colour while it lasts; pixel noise on top.
+    base = np.full((num_frames, 1, 1, 3), rng.uniform(20, 60))
+    first = round(onset * fmt.fps)
+    base[first:first + round(duration * fmt.fps)] = np.asarray(_COLOURS[colour_name]) + rng.uniform(-15, 15, 3)
+    frames = base + 2 * _normal(rng, (num_frames, fmt.size, fmt.size, 3))
+
+    n = round(fmt.seconds * fmt.sample_rate)
+    t = np.arange(n) / fmt.sample_rate
+    freq = rng.uniform(*_TONE_HZ[pitch])
+    # A single tone: period longer than the clip.
+    gate = _gate(t, onset, duration, 2 * fmt.seconds)
+    audio = rng.uniform(0.5, 0.7) * gate * np.sin(2 * np.pi * freq * t + rng.uniform(0, 2 * np.pi))
+    audio += rng.normal(0, rng.uniform(0.003, 0.01), n)
+    meta = {"visual": colour_name, "sound": pitch, "corrupted": "none", "tone_hz": f"{freq:.2f}",
+            "video_event_s": f"{onset:g}", "audio_event_s": f"{onset:g}"}
     return frames, audio, meta
 
 

@@ -54,12 +54,12 @@ def _sizes(quick: bool) -> dict[str, int]:
 
 
 def run_demo(out_dir: str | Path = "demo_out", *, quick: bool = False, progress: bool = True,
-             variants: tuple[str, ...] = ("fusion", "relation")) -> list[DemoRow]:
+             variants: tuple[str, ...] = ("fusion", "match")) -> list[DemoRow]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     base = load_config("demo")
     runs = fusion_runs(base.model.depth, base.model.fusion_layer)
-    epochs = {"fusion": 8 if quick else 20, "relation": 10 if quick else 30}
+    epochs = {"fusion": 8 if quick else 20, "match": 15 if quick else 30}
     rows: list[DemoRow] = []
     for variant in variants:
         started = time.time()
