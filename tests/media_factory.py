@@ -98,13 +98,15 @@ def write_av(
     audio_seconds: float | None = None,
     gop: int | None = None,
     crf: int | None = None,
+    codec_options: dict[str, str] | None = None,
 ) -> WrittenMedia:
     """Write a small audio/video file and return what was written.
 
     frame_fn(index, time) -> (H, W, 3) uint8 RGB (default: `marker_frame(index)`); audio_fn(times) -> (n,) or
     (channels, n) floats in [-1, 1] for sample times in seconds (default: a 440 Hz tone). `vfr=True` writes irregular
     frame times (`vfr_times`); `frame_times` gives them explicitly. `audio_seconds` lets the audio track be shorter
-    or longer than the video. `gop` sets the keyframe interval. The container is taken from the suffix unless given.
+    or longer than the video. `gop` sets the keyframe interval; `codec_options` adds video encoder options (e.g.
+    {"preset": "veryfast"}). The container is taken from the suffix unless given.
     """
     path = Path(path)
     fmt = container or _CONTAINERS.get(path.suffix.lower())
@@ -139,7 +141,7 @@ def write_av(
             options["x264-params"] = f"keyint={gop}:min-keyint={gop}:scenecut=0"
         if vcodec in ("libvpx-vp9", "libvpx"):
             options.update({"deadline": "realtime", "cpu-used": "8"})
-        vstream.options = options
+        vstream.options = {**options, **(codec_options or {})}
     num_samples = 0
     if audio:
         layout = _LAYOUTS.get(channels)

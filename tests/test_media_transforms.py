@@ -73,7 +73,7 @@ def test_random_resized_crop_scales_within_the_jitter_and_crops_inside_the_frame
         # width 200 -> int(1.2 * 200) = 240 px: one output pixel spans 200 / 240 source columns
         step = (out[0, 32, 1:, 0] - out[0, 32, :-1, 0]).mean()
         assert step == pytest.approx(200 / 240, abs=0.01)
-        assert 0 <= out.min() and out.max() <= 199
+        assert 0 <= out.min() and out.max() <= 199 + 1e-3  # inside the frame (up to float rounding)
         lefts.add(round(float(out[0, 0, 0, 0]), 1))
     assert len(lefts) > 10  # the crop really moves
     steps = []

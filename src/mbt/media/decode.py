@@ -108,9 +108,10 @@ def _open(path: str | Path) -> Iterator[av.container.InputContainer]:
     try:
         if _video_stream(container) is None and not container.streams.audio:
             raise MediaError("unreadable", path, "the file has no audio or video stream")
-        for stream in container.streams:
+        for stream in (*container.streams.video, *container.streams.audio):
             # one decode thread per call: parallelism comes from data-loader workers
-            stream.codec_context.thread_count = 1
+            if stream.codec_context is not None:
+                stream.codec_context.thread_count = 1
         yield container
     finally:
         container.close()

@@ -188,8 +188,6 @@ class Preprocessor:
             if clip.video_padded:
                 warnings.append(f"video shorter than the {seconds:.2f} s window at {clip.video_start:.2f} s: "
                                 "last frame repeated")
-            if bool((clip.video[0].int() - clip.video[-1].int()).abs().max() <= 2):
-                warnings.append("still video: the first and last frames of the window are the same")
             inputs["video"] = self.video_tensor(clip.video, train=train, generator=generator, crop=crop)
         if clip.audio is not None:
             if clip.audio_padded:
@@ -239,4 +237,4 @@ class Preprocessor:
         else:
             frames = transforms.resize_short_side(frames_uint8, cfg.short_side)
             video = transforms.to_float(transforms.crop(frames, cfg.image_size, crop))
-        return transforms.to_model_range(video, cfg.value_range).contiguous()
+        return transforms.to_model_range(video, cfg.value_range)

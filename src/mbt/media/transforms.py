@@ -26,11 +26,12 @@ def _randint(high: int, generator: torch.Generator | None) -> int:
 
 
 def to_float(frames: torch.Tensor) -> torch.Tensor:
-    """(T, H, W, 3) frames, uint8 in [0, 255] or float in [0, 1] -> (3, T, H, W) float32 in [0, 1]."""
+    """(T, H, W, 3) frames, uint8 in [0, 255] or float in [0, 1] -> contiguous (3, T, H, W) float32 in [0, 1]."""
     if frames.dim() != 4 or frames.shape[-1] != 3:
         raise ValueError(f"expected (T, H, W, 3) frames, got {tuple(frames.shape)}")
-    video = frames.permute(3, 0, 1, 2)
-    return video.float().div_(255.0) if frames.dtype == torch.uint8 else video.float()
+    # one pass converts and reorders; the scaling then runs in place
+    video = torch.empty(frames.permute(3, 0, 1, 2).shape, dtype=torch.float32).copy_(frames.permute(3, 0, 1, 2))
+    return video.div_(255.0) if frames.dtype == torch.uint8 else video
 
 
 def _resize(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -173,7 +174,7 @@ def color_drop(video: torch.Tensor, generator: torch.Generator | None = None, pr
 def to_model_range(video: torch.Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
     """Map [0, 1] to `value_range` (official: [-1, 1])."""
     low, high = value_range
-    return video * (high - low) + low
+    return video.mul(high - low).add_(low)
 
 
 def spec_augment(spec: torch.Tensor, generator: torch.Generator | None = None, freq_mask_count: int = 1,
