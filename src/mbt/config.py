@@ -340,7 +340,7 @@ class Config:
 SECTIONS = {"data": DataConfig, "train": TrainConfig}
 
 
-def _parse_value(text: str) -> Any:
+def parse_value(text: str) -> Any:
     """`--set key=value` values are YAML scalars/lists: 8, 0.5, true, [video, audio], null."""
     try:
         return yaml.safe_load(text)
@@ -406,7 +406,7 @@ def build_config(raw: dict[str, Any] | None = None, overrides: list[str] | None 
         parts = dotted.strip().split(".")
         if len(parts) != 2 or parts[0] not in ("model", "data", "train"):
             raise ConfigError(f"{dotted}: expected model.<key>, data.<key> or train.<key>")
-        raw.setdefault(parts[0], {})[parts[1]] = _parse_value(text)
+        raw.setdefault(parts[0], {})[parts[1]] = parse_value(text)
 
     model_values = dict(raw.get("model", {}))
     preset = model_values.pop("preset", "mbt-tiny")

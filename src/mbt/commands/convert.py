@@ -24,14 +24,14 @@ class _IntermixedParser(argparse.ArgumentParser):
 
 
 def _model_overrides(items: list[str]) -> dict:
-    from mbt.config import ConfigError, _parse_value
+    from mbt.config import ConfigError, parse_value
 
     out = {}
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key.startswith("model."):
             raise ConfigError(f"--set {item!r}: expected model.<key>=value")
-        out[key[len("model."):]] = _parse_value(text)
+        out[key[len("model."):]] = parse_value(text)
     return out
 
 

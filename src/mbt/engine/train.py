@@ -143,7 +143,7 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: b
           stop_after_steps: int | None = None) -> TrainResult:
     """Train `cfg` into `out_dir`, which ends up a `from_pretrained` directory plus `checkpoints/`.
 
-    `stop_after_steps` ends the run early (after a checkpoint) as if interrupted; tests and sweeps use it.
+    `stop_after_steps` ends the run early, after a checkpoint, as an interruption would (tests use it).
     """
     info = D.setup_distributed()
     out_dir = Path(out_dir)
