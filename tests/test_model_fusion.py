@@ -218,3 +218,12 @@ def test_frame_sampling_tokenizer_uses_evenly_spaced_frames():
     y[:, :, not_used] = torch.randn_like(y[:, :, not_used])
     assert torch.equal(model(video=x["video"]).logits, model(video=y).logits)
     assert model.config.num_tokens("video") == 1 + 2 * 2 * 2
+
+
+def test_bottleneck_fusion_only_in_the_last_layer_exchanges_nothing(caplog):
+    with caplog.at_level("WARNING", logger="mbt.model"):
+        model = make(fusion="bottleneck", fusion_layer=3)
+    assert "exchanges no information" in caplog.text
+    x = inputs(model.config)
+    y = dict(x, video=torch.randn_like(x["video"]))
+    assert torch.equal(model(**x).modality_logits["audio"], model(**y).modality_logits["audio"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,8 @@ from mbt.config import MODALITY_KINDS, MBTConfig
 from mbt.model.blocks import layer_norm
 from mbt.model.fusion import FusionEncoder
 from mbt.model.tokenizers import FrameSamplingEmbed, SpectrogramEmbed, TubeletEmbed
+
+log = logging.getLogger("mbt.model")
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -37,6 +40,11 @@ class MBT(nn.Module):
     def __init__(self, config: MBTConfig):
         super().__init__()
         config.validate()
+        if config.fusion == "bottleneck" and config.fusion_layer == config.depth - 1 and len(config.modalities) > 1:
+            # In layer Lf every stream reads the learned bottleneck; the averaged update is discarded after the last
+            # layer, so fusing only there exchanges nothing (as in the official code).
+            log.warning("bottleneck fusion at the last layer (fusion_layer = depth - 1) exchanges no information "
+                        "between the streams; use fusion_layer <= depth - 2")
         self.config = config
         # Preprocessing that the weights were trained with (preprocessor.json); set by training / from_pretrained.
         self.preprocessing: dict[str, Any] | None = None
