@@ -21,10 +21,7 @@ Prints JSON and saves it to benchmarks/results/inference-<device>-<machine>.json
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import socket
 import statistics
 import sys
 import time
@@ -33,7 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_step import machine_info, model_config, run_context, synchronise  # noqa: E402
+from train_step import machine_info, model_config, run_context, save_result, synchronise  # noqa: E402
 
 from mbt.analysis.flops import count_flops  # noqa: E402
 from mbt.model import MBT  # noqa: E402
@@ -151,10 +148,7 @@ def main() -> None:
         "results": results,
         "wall_seconds": round(time.time() - started, 1),
     }
-    text = json.dumps(output, indent=1)
-    print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"inference-{args.device}-{socket.gethostname() or platform.machine()}.json").write_text(text + "\n")
+    save_result(output, args.out, "inference", args.device)
 
 
 if __name__ == "__main__":

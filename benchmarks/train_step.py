@@ -70,6 +70,16 @@ def machine_info(device: str) -> dict:
     return info
 
 
+def save_result(output: dict, out_dir: Path, name: str, device: str) -> Path:
+    """Print the JSON and save it as <out_dir>/<name>-<device>-<machine>.json."""
+    text = json.dumps(output, indent=1)
+    print(text)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}-{device}-{socket.gethostname() or platform.machine()}.json"
+    path.write_text(text + "\n")
+    return path
+
+
 def run_context(device: str):
     """bf16 autocast + flash attention on CUDA; plain fp32 (SDPA's default CPU kernel) on CPU."""
     if device != "cuda":
