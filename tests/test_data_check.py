@@ -157,7 +157,7 @@ def test_check_command_exits_0_when_every_row_is_usable(corpus, tmp_path):
 def _dataset(corpus, *, train, on_missing_modality="skip"):
     cfg = build_config(overrides=OVERRIDES)
     rows = read_manifest(corpus / "manifest.csv")
-    return ClipDataset(rows, ["class0", "class1"], Preprocessor(PreprocessorConfig.from_config(cfg)), train=train,
+    return ClipDataset(rows, ["class0", "class1"], Preprocessor(cfg.preprocessor()), train=train,
                        modalities=("video", "audio"), on_missing_modality=on_missing_modality), cfg
 
 
@@ -219,7 +219,7 @@ def test_stats_normalise_the_usable_clips_to_zero_mean_unit_std(corpus, tmp_path
     # the property the numbers are for: normalised with them, the same clips have mean 0 and std 1
     cfg = build_config(overrides=[*OVERRIDES, "data.normalisation=custom", f"data.spec_mean={stats['spec_mean']}",
                                   f"data.spec_std={stats['spec_std']}"])
-    pre = Preprocessor(PreprocessorConfig.from_config(cfg))
+    pre = Preprocessor(cfg.preprocessor())
     used = [name for name in EXPECTED if name not in problems and name not in short]
     specs = torch.stack([pre(corpus / name, train=False, modalities=("audio",)).inputs["audio"] for name in used])
     assert abs(specs.mean().item()) < 1e-3 and abs(specs.std(unbiased=False).item() - 1) < 1e-3

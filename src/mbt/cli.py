@@ -11,9 +11,9 @@ import importlib
 import logging
 import sys
 
-from mbt.config import ConfigError
+from mbt.errors import ConfigError
 
-COMMANDS = ["demo", "train", "evaluate", "predict", "flops", "attention", "data", "convert", "sweep"]
+COMMANDS = ["demo", "train", "evaluate", "predict", "flops", "attention", "data", "convert", "sweep", "config"]
 
 
 def build_parser() -> argparse.ArgumentParser:

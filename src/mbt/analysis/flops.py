@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from mbt.config import MBTConfig
+from mbt.model.config import MBTConfig
 
 
 @dataclass

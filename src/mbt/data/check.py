@@ -24,7 +24,8 @@ from tqdm import tqdm
 from mbt.config import Config, build_config
 from mbt.data.manifest import read_manifest
 from mbt.media.decode import MediaError, decode_clip, probe
-from mbt.media.preprocess import SILENCE_PEAK, PreprocessorConfig
+from mbt.media.preprocess import SILENCE_PEAK
+from mbt.media.settings import PreprocessorConfig
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -182,7 +183,7 @@ class CheckReport:
 def check_manifest(manifest: str | Path, cfg: Config | None = None, *, jobs: int = 1,
                    progress: bool = True) -> CheckReport:
     """Decode every row of `manifest` with the window of `cfg` (default: the mbt-tiny preset's)."""
-    window = PreprocessorConfig.from_config(cfg or build_config())
+    window = (cfg or build_config()).preprocessor()
     rows = read_manifest(manifest)
     tasks = [(str(row.path), row.start, row.end, row.line) for row in rows]
     report = CheckReport(len(rows))

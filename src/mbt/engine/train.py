@@ -30,7 +30,7 @@ from mbt.engine.evaluate import evaluate_dataset
 from mbt.engine.losses import dense_targets, mbt_loss
 from mbt.engine.mixup import mixup
 from mbt.engine.schedule import warmup_cosine
-from mbt.media.preprocess import Preprocessor, PreprocessorConfig
+from mbt.media.preprocess import Preprocessor
 from mbt.model import MBT
 
 log = logging.getLogger("mbt.train")
@@ -56,8 +56,7 @@ def resolve_classes(cfg: Config) -> list[str]:
     names = read_classes(cfg.data.classes)
     if cfg.model.num_classes != len(names):
         log.info("model.num_classes set to %d from %s", len(names), cfg.data.classes)
-        cfg.model.num_classes = len(names)
-        cfg.model.validate()
+        cfg.model.num_classes = len(names)  # validated on assignment
     return names
 
 
@@ -157,7 +156,7 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: b
         out_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(out_dir / RUN_CONFIG)
 
-    prep_cfg = PreprocessorConfig.from_config(cfg, class_names)
+    prep_cfg = cfg.preprocessor(class_names)
     preprocessor = Preprocessor(prep_cfg)
     model_cfg = cfg.model
     rows = read_manifest(cfg.data.train) if cfg.data.train else None
@@ -183,7 +182,7 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: b
     model = MBT(model_cfg)
     if tc.init_from:
         initialise(model, tc.init_from)
-    model.preprocessing = prep_cfg.to_dict()
+    model.preprocessing = prep_cfg
     model.to(info.device)
     ddp_model = model
     if info.enabled:

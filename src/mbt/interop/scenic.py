@@ -24,9 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from mbt.config import ConfigError, MBTConfig
+from mbt.errors import ConfigError
 from mbt.interop.msgpack_tree import CheckpointError, checkpoint_bytes, flatten, params_subtree, unpack_state
+from mbt.media.settings import PreprocessorConfig
 from mbt.model import MBT
+from mbt.model.config import MBTConfig
 
 log = logging.getLogger(__name__)
 
@@ -379,16 +381,14 @@ def _convert(path: str | Path, raw: bytes, overrides: dict[str, Any]) -> MBT:
     return model.eval()
 
 
-def scenic_preprocessing(cfg: MBTConfig) -> dict[str, Any]:
+def scenic_preprocessing(cfg: MBTConfig) -> PreprocessorConfig:
     """What is known of the official input pipeline, as a `preprocessor.json`: rgb in [-1, 1], 25 fps at stride 2,
     100 spectrogram frames a second of 128 mel bins normalised with (x - 1.102) / 2.762. The official log-mel
     front end was never released; `logmel` is the closest of ours (see conversion.json's notes)."""
     from mbt.config import Config, DataConfig
-    from mbt.media.preprocess import PreprocessorConfig
 
     data = DataConfig(fps=25.0, frame_stride=2, normalisation="scenic", audio_frontend="logmel")
-    data.validate()
-    return PreprocessorConfig.from_config(Config(model=cfg, data=data)).to_dict()
+    return Config(model=cfg, data=data).preprocessor()
 
 
 def convert_scenic(path: str | Path, out_dir: str | Path, **overrides: Any) -> Path:

@@ -17,8 +17,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from mbt.config import MBTConfig
 from mbt.model.blocks import Block
+from mbt.model.config import MBTConfig
 
 Tokens = dict[str, torch.Tensor]
 LayerFn = Callable[[dict[str, Block], Tokens, "torch.Tensor | None"], tuple[Tokens, "torch.Tensor | None"]]
