@@ -19,7 +19,7 @@ from mbt.data.check import check_manifest
 from mbt.data.datasets import ClipDataset, collate
 from mbt.data.manifest import ManifestRow, read_manifest, write_manifest
 from mbt.media.decode import MediaError
-from mbt.media.preprocess import Preprocessor, PreprocessorConfig
+from mbt.media.preprocess import Preprocessor
 from media_factory import write_av
 
 # A small window keeps the corpus small: 4 frames at stride 2 of 25 fps (0.32 s), 96 spectrogram frames (~1 s).

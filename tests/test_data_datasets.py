@@ -12,7 +12,7 @@ from mbt.config import build_config
 from mbt.data.datasets import ClipDataset, collate, eval_positions
 from mbt.data.manifest import ManifestError, ManifestRow
 from mbt.media.decode import MediaError
-from mbt.media.preprocess import Preprocessor, PreprocessorConfig, Sample
+from mbt.media.preprocess import Preprocessor, Sample
 from media_factory import write_av
 
 
