@@ -24,14 +24,14 @@ class _IntermixedParser(argparse.ArgumentParser):
 
 
 def _model_overrides(items: list[str]) -> dict:
-    from mbt.config import ConfigError, parse_value
+    from mbt.config import ConfigError, split_override
 
     out = {}
     for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key.startswith("model."):
-            raise ConfigError(f"--set {item!r}: expected model.<key>=value")
-        out[key[len("model."):]] = parse_value(text)
+        section, key, value = split_override(item)
+        if section != "model":
+            raise ConfigError(f"--set {item!r}: a checkpoint conversion takes model.<key>=value only")
+        out[key] = value
     return out
 
 

@@ -42,7 +42,8 @@ def parse_value(text: str) -> Any:
     try:
         return yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
-        raise ConfigError(f"cannot parse value {text!r}: {e}") from None
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"cannot parse value {text!r}: {problem}") from None
 
 
 def _known_keys(section: str) -> list[str]:
@@ -56,17 +57,23 @@ def _closest(name: str, choices: list[str], prefix: str = "") -> str:
     return f"; did you mean {' or '.join(close)}?" if close else f"; known: {', '.join(choices)}"
 
 
+def split_key(dotted: str) -> tuple[str, str]:
+    """'train.lr' -> ('train', 'lr'); a malformed key or an unknown section is a ConfigError."""
+    parts = dotted.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"{dotted.strip()!r}: expected model.<key>, data.<key> or train.<key>")
+    if parts[0] not in SECTIONS:
+        raise ConfigError(f"{dotted.strip()}: unknown section {parts[0]!r}{_closest(parts[0], list(SECTIONS))}")
+    return parts[0], parts[1]
+
+
 def split_override(item: str) -> tuple[str, str, Any]:
     """'train.lr=0.1' -> ('train', 'lr', 0.1); a malformed item or unknown section is a ConfigError."""
     if "=" not in item:
         raise ConfigError(f"--set {item!r}: expected section.key=value")
     dotted, text = item.split("=", 1)
-    parts = dotted.strip().split(".")
-    if len(parts) != 2 or not all(parts):
-        raise ConfigError(f"--set {dotted.strip()!r}: expected model.<key>, data.<key> or train.<key>")
-    if parts[0] not in SECTIONS:
-        raise ConfigError(f"{dotted.strip()}: unknown section {parts[0]!r}{_closest(parts[0], list(SECTIONS))}")
-    return parts[0], parts[1], parse_value(text)
+    section, key = split_key(dotted)
+    return section, key, parse_value(text)
 
 
 def apply_overrides(raw: dict[str, dict[str, Any]], overrides: list[str] | None) -> dict[str, dict[str, Any]]:
@@ -166,6 +173,7 @@ def load_config(source: str | Path, overrides: list[str] | None = None) -> Confi
                 data[key] = str((base / value).resolve())
         raw = {**raw, "data": data}
     try:
-        return build_config(raw, overrides)
+        build_config(raw)  # the file alone: its errors name the file
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+    return build_config(raw, overrides)  # ... and those of the overrides name the key only

@@ -9,64 +9,25 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import av
-import torch
-from tqdm import tqdm
 
 from mbt.config import Config, build_config
 from mbt.data.manifest import read_manifest
+from mbt.data.parallel import map_with_progress
 from mbt.media.decode import MediaError, decode_clip, probe
 from mbt.media.preprocess import SILENCE_PEAK
 from mbt.media.settings import PreprocessorConfig
-
-T = TypeVar("T")
-R = TypeVar("R")
 
 SILENCE_RMS_DB = -60.0  # an audio window quieter than this (RMS, dBFS) is silent too
 STILL_LEVELS = 8  # a window whose pixels all stay within this many levels of its first frame is still
 LARGE_PIXELS = 1920 * 1080  # frames above full HD decode slowly; transcoding shrinks them
 VFR_RATIO = 1.5  # longest / shortest frame interval above this: variable frame rate
 VFR_PACKETS = 300  # packets read (no decoding) to judge the frame rate
-
-
-# ==================================================================== parallel map
-def _worker_init() -> None:
-    # each process decodes one file at a time; more threads per process would only oversubscribe the cores
-    torch.set_num_threads(1)
-
-
-def map_with_progress(fn: Callable[[T], R], items: Sequence[T], *, jobs: int, desc: str,
-                      progress: bool = True) -> list[R]:
-    """[fn(item) for item in items] with a progress bar, in `jobs` processes when jobs > 1 (results in order).
-
-    Processes are spawned, not forked: a forked child of a process whose torch already started threads can hang.
-    `fn` must be picklable (a module-level function, or a functools.partial of one).
-    """
-    bar = tqdm(total=len(items), desc=desc, unit="file", disable=not progress, dynamic_ncols=True)
-    try:
-        if jobs <= 1 or len(items) <= 1:
-            results = []
-            for item in items:
-                results.append(fn(item))
-                bar.update()
-            return results
-        with ProcessPoolExecutor(max_workers=min(jobs, len(items)), mp_context=get_context("spawn"),
-                                 initializer=_worker_init) as pool:
-            results = []
-            for result in pool.map(fn, items, chunksize=max(1, len(items) // (jobs * 32))):
-                results.append(result)
-                bar.update()
-            return results
-    finally:
-        bar.close()
 
 
 # ==================================================================== one file

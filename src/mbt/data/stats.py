@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from mbt.config import Config, build_config
-from mbt.data.check import map_with_progress
 from mbt.data.manifest import read_manifest
+from mbt.data.parallel import map_with_progress
 from mbt.media.decode import MediaError, decode_clip
 from mbt.media.preprocess import Preprocessor
 from mbt.media.settings import PreprocessorConfig

@@ -34,8 +34,8 @@ import numpy as np
 import scipy.ndimage
 import torch
 
+from mbt.interop.flax import LeafPool, flax_block, load_into, squarest_split
 from mbt.interop.msgpack_tree import CheckpointError
-from mbt.interop.scenic import LeafPool, flax_block, load_into, squarest_split
 from mbt.model import MBT
 from mbt.model.config import MODALITY_KINDS
 

@@ -95,6 +95,24 @@ class MBT(nn.Module):
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
+    # ------------------------------------------------------------------ ownership (FLOP and parameter attribution)
+    def module_owners(self) -> dict[str, str]:
+        """Qualified name of each stream's tokenizer and blocks -> the stream (JOINT for shared blocks)."""
+        owners = {f"tokenizers.{m}": m for m in self.config.modalities}
+        return {**owners, **self.encoder.block_owners(prefix="encoder.")}
+
+    def parameter_owners(self) -> dict[str, str]:
+        """Parameter name -> the stream it belongs to; shared ones (bottleneck, norm, head) are left out."""
+        tokens = {f"{kind}.{m}": m for kind in ("pos_embed", "cls_token") for m in self.config.modalities}
+        modules = self.module_owners()
+        owners = {}
+        for name, _ in self.named_parameters():
+            stream = tokens.get(name) or next((s for prefix, s in modules.items() if name.startswith(prefix + ".")),
+                                              None)
+            if stream is not None:
+                owners[name] = stream
+        return owners
+
     # ------------------------------------------------------------------ forward
     def embed(self, m: str, x: torch.Tensor) -> torch.Tensor:
         tokens = self.tokenizers[m](x)
