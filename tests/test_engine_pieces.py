@@ -55,7 +55,7 @@ def test_save_state_and_restore_round_trip(toy_cfg, tmp_path):
     optimizer_step(run, state)
     state.batch_in_epoch = 1
     save_state(run, state)
-    again = setup_run(toy_cfg, tmp_path / "run", progress=False)
+    again = setup_run(toy_cfg, tmp_path / "run", resume=True, progress=False)
     restored = restore(again)
     assert (restored.step, restored.epoch, restored.batch_in_epoch) == (1, 0, 1)
     for a, b in zip(run.model.state_dict().values(), again.model.state_dict().values()):

@@ -10,8 +10,9 @@ import argparse
 import importlib
 import logging
 import sys
+import traceback
 
-from mbt.errors import ConfigError
+from mbt.errors import EXIT_DATA, EXIT_IO, EXIT_USAGE, ConfigError, DataError, OutputError
 
 COMMANDS = ["demo", "train", "evaluate", "predict", "flops", "attention", "data", "convert", "sweep", "config"]
 
@@ -42,12 +43,33 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except ConfigError as e:
-        print(f"mbt: config error: {e}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, ValueError) as e:
-        print(f"mbt {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print(f"mbt {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # every failure is one line and an exit code (errors.py); -v adds the traceback
+        code, line = describe_failure(args.command, e)
+        if args.verbose:
+            traceback.print_exc()
+        print(line, file=sys.stderr)
+        return code
+
+
+def describe_failure(command: str, error: Exception) -> tuple[int, str]:
+    """(exit code, one line) for an exception that ends a command."""
+    first = " ".join(str(error).split()) or type(error).__name__
+    if isinstance(error, ConfigError):
+        return EXIT_USAGE, f"mbt: config error: {first}"
+    if isinstance(error, OutputError):
+        return EXIT_IO, f"mbt {command}: output error: {first}"
+    if isinstance(error, DataError) or type(error).__name__ == "MediaError":
+        return EXIT_DATA, f"mbt {command}: error: {first}"
+    if isinstance(error, (FileNotFoundError, NotADirectoryError, IsADirectoryError, ValueError)):
+        return EXIT_USAGE, f"mbt {command}: error: {first}"
+    if isinstance(error, OSError):
+        where = f"{error.filename}: " if getattr(error, "filename", None) else ""
+        return EXIT_IO, f"mbt {command}: I/O error: {where}{error.strerror or first}"
+    return EXIT_DATA, (f"mbt {command}: internal error: {type(error).__name__}: {first[:300]} "
+                       "(run with -v for the traceback, and please report it)")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
@@ -28,7 +27,9 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
 
 def _write_json(path: str, payload: dict) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(payload, indent=1) + "\n")
+    from mbt.fileio import write_json
+
+    write_json(path, payload, what="JSON report")
 
 
 # ==================================================================== check

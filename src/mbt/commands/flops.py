@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,12 +18,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from mbt.analysis.flops import count_flops
     from mbt.config import load_config
+    from mbt.fileio import dumps
     from mbt.model.fusion import describe_fusion
 
     cfg = load_config(args.config, args.overrides).model
     report = count_flops(cfg)
     if args.json:
-        print(json.dumps(report.to_dict()))
+        print(dumps(report.to_dict()))
         return 0
     print(f"{args.config}: {describe_fusion(cfg)}")
     print(f"{'':12s}{'GFLOPs':>10s}{'params':>14s}")

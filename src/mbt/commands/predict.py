@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,11 +19,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from mbt.engine.evaluate import load_for_inference
     from mbt.engine.predict import predict_file
+    from mbt.fileio import dumps
 
     model, preprocessor = load_for_inference(args.checkpoint)
     predictions = [predict_file(model, preprocessor, video, top_k=args.top_k) for video in args.videos]
     if args.json:
-        print(json.dumps([p.to_dict() for p in predictions], indent=1))
+        print(dumps([p.to_dict() for p in predictions], indent=1))
     else:
         for p in predictions:
             print(p.path)

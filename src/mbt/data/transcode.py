@@ -8,7 +8,6 @@ temporary name and renamed when complete: a file that exists is done, and a reru
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ import av
 
 from mbt.data.manifest import ManifestRow, read_manifest, write_manifest
 from mbt.data.parallel import map_with_progress
+from mbt.fileio import write_json
 
 log = logging.getLogger("mbt.data")
 
@@ -242,5 +242,5 @@ def transcode_manifest(manifest: str | Path, out: str | Path, *, short_side: int
             for row in rows if row.path not in failed]
     write_manifest(report.manifest, kept)
     report.rows = len(kept)
-    (out / REPORT_NAME).write_text(json.dumps(report.to_json(), indent=1) + "\n")
+    write_json(out / REPORT_NAME, report.to_json(), what="transcode report")
     return report

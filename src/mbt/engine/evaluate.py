@@ -57,8 +57,14 @@ def evaluate_dataset(model: MBT, dataset: ClipDataset, *, batch_size: int = 8, n
         if batch["target"] is None:
             continue
         inputs = {m: batch["inputs"][m].to(device) for m in modalities}
-        local_rows.append(batch["row"].numpy())
-        local_logits.append(model(**inputs).logits.float().cpu().numpy())
+        logits = model(**inputs).logits.float().cpu()
+        finite = torch.isfinite(logits).all(dim=1)
+        for i in (~finite).nonzero()[:, 0].tolist():  # a clip that drives the model to NaN is named and left out
+            row = int(batch["row"][i])
+            local_skipped.append((row, str(dataset.rows[row].path), "non_finite_output",
+                                  "the model's logits for this clip are not finite"))
+        local_rows.append(batch["row"][finite].numpy())
+        local_logits.append(logits[finite].numpy())
     if was_training:
         model.train()
 

@@ -68,6 +68,9 @@ def predict_file(model: MBT, preprocessor: Preprocessor, path: str | Path, top_k
     prediction.warnings += sample.warnings
     device = next(model.parameters()).device
     out = model(**{m: x.unsqueeze(0).to(device) for m, x in sample.inputs.items()})
+    if not bool(torch.isfinite(out.logits).all()):
+        prediction.error = "non_finite_output: the model's logits for this clip are not finite"
+        return prediction
     prediction.modalities = wanted
     for split, scores, offset in scores_from_logits(out.logits[0].float().cpu(), model):
         values, indices = scores.topk(min(top_k, scores.numel()))

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from mbt.config import Config
 from mbt.engine.train import (
-    TrainState,
+    close_epoch,
     epoch_loader,
     finish,
     micro_step,
@@ -34,15 +34,16 @@ class TrainResult:
     clips_per_second: float = 0.0
 
 
-def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
-          stop_after_steps: int | None = None) -> TrainResult:
+def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
+          progress: bool = True, stop_after_steps: int | None = None) -> TrainResult:
     """Train `cfg` into `out_dir`, which ends up a `from_pretrained` directory plus `checkpoints/`.
 
+    A folder that holds a run is refused unless `resume` (continue it) or `overwrite` (move it aside).
     `stop_after_steps` ends the run early, after a checkpoint, as an interruption would (tests use it).
     """
-    run = setup_run(cfg, out_dir, progress=progress)
+    run = setup_run(cfg, out_dir, resume=resume, overwrite=overwrite, progress=progress)
     tc = cfg.train
-    state = restore(run) if resume else TrainState()
+    state = restore(run)
     started, clips_seen, stopped_early = time.time(), 0, False
     for epoch in range(state.epoch, tc.epochs):
         first = state.batch_in_epoch if epoch == state.epoch else 0
@@ -56,12 +57,14 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: b
             clips_seen += micro_step(run, batch, state, sync=last_micro)
             if not last_micro:
                 continue
+            state.batch_in_epoch = batch_index + 1
             record = optimizer_step(run, state)
+            if record is None:  # no usable clip, or a non-finite loss: no update
+                continue
             record["clips_per_s"] = clips_seen / max(time.time() - started, 1e-9)
             run.metrics_log.write(record)
             bar.set_postfix(loss=f"{record['loss']:.4f}" if record["loss"] is not None else "-",
                             clips_s=f"{record['clips_per_s']:.1f}")
-            state.batch_in_epoch = batch_index + 1
             end_of_epoch = batch_index == num_batches - 1
             if state.step % tc.checkpoint_every == 0 and not end_of_epoch:
                 save_state(run, state)
@@ -72,6 +75,7 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: b
         if stopped_early:
             save_state(run, state)
             break
+        close_epoch(run, state)
         if run.val_dataset is not None and ((epoch + 1) % tc.eval_every_epochs == 0 or epoch + 1 == tc.epochs):
             validate(run, state)
         state.epoch, state.batch_in_epoch = epoch + 1, 0
