@@ -18,7 +18,7 @@ _LAZY = {
     "MBTConfig": "mbt.config",
     "Config": "mbt.config",
     "ConfigError": "mbt.config",
-    "Classifier": "mbt.inference.classifier",
+    "Classifier": "mbt.engine.classifier",
     "Preprocessor": "mbt.media.preprocess",
     "PreprocessorConfig": "mbt.media.preprocess",
 }
@@ -28,7 +28,7 @@ __all__ = ["MBT", "MBTConfig", "MBTOutput", "Config", "ConfigError", "Classifier
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names resolve lazily below
     from mbt.config import Config, ConfigError, MBTConfig
-    from mbt.inference.classifier import Classifier
+    from mbt.engine.classifier import Classifier
     from mbt.media.preprocess import Preprocessor, PreprocessorConfig
     from mbt.model import MBT, MBTOutput
 

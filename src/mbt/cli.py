@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from mbt import __version__
@@ -36,7 +37,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)  # --help and --version end here, before anything heavy is imported
+    args, extra = parser.parse_known_args(argv)  # --help and --version end here, before anything heavy
+    # Python < 3.12 argparse gives an empty list to a `nargs="*"` positional that is followed by an option
+    # (`mbt predict RUN --top-k 3 a.mp4`), leaving the files unrecognised: a command naming such a positional in
+    # `trailing_positionals` gets them back.
+    trailing = getattr(args, "trailing_positionals", None)
+    if extra and trailing and not any(e.startswith("-") for e in extra):
+        getattr(args, trailing).extend(extra)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from mbt.config import ConfigError
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -52,6 +61,16 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"mbt {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`mbt predict ... | head`): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Exception as e:
+        from mbt.media.decode import MediaError  # imported only now: it loads PyAV and torch
+
+        if isinstance(e, MediaError):  # a media file that cannot give what the command needs: a data problem
+            print(f"mbt {args.command}: error: {e}", file=sys.stderr)
+            return 1
+        raise
 
 
 if __name__ == "__main__":
