@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +25,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _finite(metrics: dict) -> dict:
+    """NaN (e.g. mAP of a set where no class has a positive) becomes null: strict JSON, and nothing to average."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()}
+
+
 def run(args: argparse.Namespace) -> int:
+    for name, value, low in (("--batch-size", args.batch_size, 1), ("--clips", args.clips, 1),
+                             ("--num-workers", args.num_workers, 0)):
+        if value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
     from mbt.engine.evaluate import evaluate_checkpoint
 
     modalities = tuple(m.strip() for m in args.modalities.split(",") if m.strip()) if args.modalities else None
@@ -33,8 +43,9 @@ def run(args: argparse.Namespace) -> int:
                                  per_class_csv=args.per_class_ap, progress=not args.no_progress)
     if not result.metrics:  # not the main process under torchrun
         return 0
-    print(json.dumps(result.metrics, indent=1))
+    metrics = _finite(result.metrics)
+    print(json.dumps(metrics, indent=1, allow_nan=False))
     if args.json_file:
         with open(args.json_file, "w") as handle:
-            json.dump(result.metrics, handle, indent=1)
+            json.dump(metrics, handle, indent=1, allow_nan=False)
     return 0
