@@ -28,7 +28,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
 
 def _write_json(path: str, payload: dict) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(payload, indent=1) + "\n")
+    Path(path).write_text(json.dumps(payload, indent=1, allow_nan=False) + "\n")
 
 
 # ==================================================================== check
