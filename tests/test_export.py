@@ -82,3 +82,15 @@ def test_export_command_writes_a_file_and_reports_io_errors(tmp_path, capsys):
                  str(blocker / "x.pt2")]) == 3
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot write" in err[0]
+
+
+def test_a_missing_onnx_package_is_one_clear_line(tmp_path, monkeypatch, capsys):
+    model = tiny_model(**FUSIONS["late"])
+    prep = PreprocessorConfig(num_frames=4, image_size=32, short_side=36, num_mel_bins=16, spec_frames=48,
+                              spec_mean=0.0, spec_std=1.0)
+    model.save_pretrained(tmp_path / "run", preprocessing=prep.to_dict())
+    monkeypatch.setitem(__import__("sys").modules, "onnx", None)  # `import onnx` now raises ImportError
+    assert main(["export", str(tmp_path / "run"), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install 'mbt[export]'" in err[0]
+    assert not (tmp_path / "m.onnx").exists()
