@@ -69,12 +69,9 @@ def main() -> None:
         "slowest_help_wall_s": helps[slowest]["wall_s_median"],
         "all_help_under_0_5_s": all(v["wall_s_median"] < 0.5 for v in helps.values()),
     }
-    import torch  # only now, for the machine description
-
-    from train_step import machine_info, save_result
+    from train_step import machine_info, save_result  # imports torch: only now, for the machine description
 
     output["machine"] = machine_info("cpu")
-    output["machine"]["torch"] = torch.__version__
     save_result(output, args.out, "cli_startup", "cpu")
 
 

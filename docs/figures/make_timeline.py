@@ -17,6 +17,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
+from mbt import Classifier  # noqa: E402
+from mbt.analysis.timeline import plot_timeline  # noqa: E402
 from mbt.cli import main  # noqa: E402
 from mbt.data.demo import build_demo_set  # noqa: E402
 from media_factory import write_av  # noqa: E402  (the tests' media writer)
@@ -56,9 +58,16 @@ def main_() -> None:
              frame_fn=lambda i, t: frames[min(i, len(frames) - 1)],
              audio_fn=lambda t: audio[np.minimum((t * 16000).astype(int), len(audio) - 1)])
     print("clips:", ", ".join(f"{4 * i}-{4 * i + 4} s {label}" for i, label in enumerate(order)))
-    assert main(["predict", str(run), str(long), "--timeline", "--hop", "0.5", "--top-k", "6",
-                 "--out", str(args.work / "timeline.json"), "--plot", str(REPO / "docs" / "figures" / "timeline.png"),
-                 "--no-progress"]) == 0
+    # the command line's run (JSON), then the same timeline from Python with the true segments drawn above it
+    assert main(["predict", str(run), str(long), "--timeline", "--hop", "0.5", "--out",
+                 str(args.work / "timeline.json"), "--no-progress"]) == 0
+    clf = Classifier.from_pretrained(run)
+    timeline = clf.timeline(long, hop=0.5)
+    segments = [(4.0 * i, 4.0 * i + 4, label) for i, label in enumerate(order)]
+    print(plot_timeline(timeline, REPO / "docs" / "figures" / "timeline.png", preprocessor=clf.preprocessor, top=6,
+                        segments=segments, title=f"mbt predict --timeline: six 4 s demo clips in a row, windows of "
+                                             f"{timeline.window:g} s every {timeline.hop:g} s (bars: the true "
+                                             "classes)"))
 
 
 if __name__ == "__main__":

@@ -11,8 +11,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict", help="labels with scores for files, a manifest, a folder, or over time in a long video",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Labels with scores from N evenly spaced clips x M crops per file, logits averaged as in "
-                    "`mbt evaluate`. A file without an audio (or video) track is predicted from the other "
+        description="Labels with scores from N evenly spaced clips x M crops per file, logits averaged as in\n"
+                    "`mbt evaluate`. A file without an audio (or video) track is predicted from the other\n"
                     "stream and says so.\n\n"
                     "  mbt predict RUN a.mp4 b.mp4 [--top-k K] [--json]\n"
                     "  mbt predict RUN --manifest CSV | --folder DIR --out preds.jsonl   (resumable)\n"
@@ -25,18 +25,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     source.add_argument("--folder", metavar="DIR", help="predict every media file under DIR (recursively)")
     p.add_argument("--out", metavar="FILE", help="--manifest / --folder: the JSON-lines file (one line per clip; "
                                                  "clips already in it are not predicted again); --timeline: JSON")
-    p.add_argument("--top-k", type=int, default=5, help="labels per file (default 5)")
+    p.add_argument("--top-k", type=int, default=5, metavar="K", help="labels per file (default 5)")
     p.add_argument("--json", action="store_true", help="VIDEO list: print JSON (a list, one object per file)")
-    p.add_argument("--clips", type=int, default=4, help="evenly spaced clips per file (default 4)")
+    p.add_argument("--clips", type=int, default=4, metavar="N", help="evenly spaced clips per file (default 4)")
     p.add_argument("--crops", type=int, default=1, choices=(1, 3), help="1 = centre, 3 = left/centre/right")
-    p.add_argument("--batch-size", type=int, default=8, help="files (or windows) per forward pass (default 8)")
-    p.add_argument("--num-workers", type=int, default=2, help="decoding processes (default 2)")
+    p.add_argument("--batch-size", type=int, default=8, metavar="N", help="files (or windows) per forward pass (default 8)")
+    p.add_argument("--num-workers", type=int, default=2, metavar="N", help="decoding processes (default 2)")
     p.add_argument("--retry-skipped", action="store_true",
                    help="--manifest / --folder: predict again the clips the output lists as skipped")
     p.add_argument("--timeline", action="store_true", help="scores over time of one long VIDEO")
-    p.add_argument("--window", type=float, default=None,
+    p.add_argument("--window", type=float, default=None, metavar="S",
                    help="--timeline: window length in seconds (default: the model's input window)")
-    p.add_argument("--hop", type=float, default=None, help="--timeline: seconds between windows (default: window/2)")
+    p.add_argument("--hop", type=float, default=None, metavar="S", help="--timeline: seconds between windows (default: window/2)")
     p.add_argument("--plot", metavar="PNG", help="--timeline: draw the top classes over the spectrogram")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--no-progress", action="store_true")
