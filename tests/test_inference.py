@@ -213,3 +213,17 @@ def test_predict_prints_each_warning_once(trained, tmp_path, capsys):
     assert main(["predict", str(trained), "--top-k", "1", str(silent_film)]) == 0  # files after an option too
     captured = capsys.readouterr()
     assert (captured.out + captured.err).count("no audio track") == 1
+
+
+def test_predict_manifest_segments_of_one_file_are_separate_clips(trained, tmp_path):
+    video = _long_video(tmp_path / "long.mp4", seconds=6.0, period=6.0)
+    manifest = tmp_path / "segments.csv"
+    manifest.write_text(f"path,labels,start,end\n{video.name},bright,0,2.5\n{video.name},dark,3.5,6\n")
+    out = tmp_path / "segments.jsonl"
+    args = ["predict", str(trained), "--manifest", str(manifest), "--out", str(out), "--clips", "2",
+            "--num-workers", "0", "--no-progress"]
+    assert main(args) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["start"], r["end"]) for r in records] == [(0.0, 2.5), (3.5, 6.0)]
+    assert [r["labels"][0]["label"] for r in records] == ["bright", "dark"]  # each segment's own content
+    assert main(args) == 0 and len(out.read_text().splitlines()) == 2  # both segments count as done
