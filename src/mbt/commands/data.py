@@ -120,9 +120,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            "noun_classes}.csv), or the one CSV file")
     prep.add_argument("--media", required=True, metavar="DIR", help="folder holding the media files")
     prep.add_argument("--out", required=True, metavar="DIR", help="where manifests and classes.txt are written")
-    prep.add_argument("--pattern", help="media file name, e.g. '{ytid}_{start}.mp4' (fields: ytid, start, end, "
-                                        "start_ms, end_ms; epic: participant_id, video_id); common extensions "
-                                        "are tried too (default: the usual namings)")
+    prep.add_argument("--pattern", action="append", default=None, metavar="PATTERN",
+                      help="media file name, e.g. '{ytid}_{start}.mp4'; repeat to try several in order (fields: "
+                           "ytid, start, end in seconds ({start} 30 or 2.5, {start:.3f} 30.000, {start:06d} "
+                           "000030), start_ms, end_ms; epic: participant_id, video_id); other common extensions "
+                           "are tried too (default: AudioSet YTID_30.mp4, YTID_30_40.mp4, YTID_30.000_40.000.mp4, "
+                           "YTID_2.5_12.5.mp4, YTID_000030_000040.mp4, YTID.mp4, ...)")
     prep.add_argument("--keep-missing", action="store_true",
                       help="keep rows whose file is missing (with the expected path) instead of leaving them out")
     prep.add_argument("--full-videos", action="store_true",

@@ -24,6 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    for name, value, low in (("--batch-size", args.batch_size, 1), ("--clips", args.clips, 1),
+                             ("--num-workers", args.num_workers, 0)):
+        if value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
     from mbt.engine.evaluate import evaluate_checkpoint
     from mbt.errors import DataError
     from mbt.fileio import check_writable_file, dumps, write_json

@@ -94,7 +94,8 @@ def evaluate_dataset(model: MBT, dataset: ClipDataset, *, batch_size: int = 8, n
     if len(evaluated):
         metrics = classification_metrics(logits, targets, multi_label=model.config.multi_label,
                                          class_splits=model.config.class_splits, class_names=dataset.class_names)
-    metrics["num_clips"] = int(len(evaluated))
+    metrics["num_clips"] = int(views.sum())  # clips (views) evaluated: num_videos x clips x crops, less skips
+    metrics["num_videos"] = int(len(evaluated))
     metrics["num_skipped"] = len(skipped)
     return EvalResult(metrics, logits, targets, evaluated, skipped)
 
