@@ -41,11 +41,13 @@ from mbt.errors import ConfigError, DataError, OutputError
 from mbt.fileio import check_writable_dir, describe_os_error, dumps, write_text
 from mbt.media.preprocess import Preprocessor
 from mbt.model import MBT
+from mbt.model.fusion import describe_fusion
 
 log = logging.getLogger("mbt.train")
 
 RUN_CONFIG = "train_config.yaml"
 METRICS_LOG = "metrics.jsonl"
+RUN_LOG = "train.log"
 
 
 def resolve_classes(cfg: Config) -> list[str]:
@@ -119,11 +121,45 @@ class MetricsLog:
         if self.writer is not None:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self.writer.add_scalar(key, value, record["step"])
+                    self.writer.add_scalar(tensorboard_tag(key), value, record["step"])
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def tensorboard_tag(key: str) -> str:
+    """Grouped TensorBoard tags: val_top1 -> val/top1, test_mAP -> test/mAP, loss -> train/loss."""
+    for split in ("val", "test"):
+        if key.startswith(f"{split}_"):
+            return f"{split}/{key[len(split) + 1:]}"
+    return f"train/{key}"
+
+
+class RunLogFile:
+    """The run's own `train.log` (rank 0): every log line of the package from the start of the run, appended
+    across resumes, so a run folder tells its own story without a terminal's scroll-back."""
+
+    def __init__(self, out_dir: Path, enabled: bool):
+        self.handler: logging.Handler | None = None
+        if enabled:
+            try:
+                self.handler = logging.FileHandler(out_dir / RUN_LOG, encoding="utf-8")
+            except OSError as e:
+                raise OutputError(f"{out_dir / RUN_LOG}: cannot write the run log: "
+                                  f"{describe_os_error(e, out_dir)}") from None
+            self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            self.handler.setLevel(logging.INFO)
+            package = logging.getLogger("mbt")
+            package.addHandler(self.handler)
+            if package.getEffectiveLevel() > logging.INFO:
+                package.setLevel(logging.INFO)
+
+    def close(self) -> None:
+        if self.handler is not None:
+            logging.getLogger("mbt").removeHandler(self.handler)
+            self.handler.close()
+            self.handler = None
 
 
 def parameter_digest(model: torch.nn.Module) -> str:
@@ -181,6 +217,7 @@ class Run:
     metrics_log: MetricsLog
     progress: bool
     resume_from: Resumable | None = None  # the verified checkpoint `restore` continues from
+    log_file: RunLogFile | None = None
 
     @property
     def num_workers(self) -> int:
@@ -245,15 +282,29 @@ def setup_run(cfg: Config, out_dir: str | Path, *, resume: bool = False, overwri
         raise ConfigError(f"train.batch_size: {tc.batch_size} (the global batch) must be a multiple of the "
                           f"{info.world_size} processes")
     local_batch = tc.batch_size // info.world_size
+    check_model_fits(cfg.model, info.device, TRAINING_BYTES_PER_PARAMETER[tc.optimizer])
     resumable = _resumable(cfg, out_dir) if resume else None
     if not resume:
         prepare_new_run(out_dir, overwrite=overwrite, is_main=info.is_main)
     D.barrier(info)  # the old run is out of the way before anyone writes
+    log_file = None
     if info.is_main:
         check_writable_dir(out_dir, what="run folder")
         write_text(out_dir / RUN_CONFIG, cfg.to_yaml(), what="run config")
-    check_model_fits(cfg.model, info.device, TRAINING_BYTES_PER_PARAMETER[tc.optimizer])
+        log_file = RunLogFile(out_dir, enabled=True)
+        log.info("%s run in %s: %s", "resuming a" if resume else "a new", out_dir,
+                 describe_fusion(cfg.model))
+    try:
+        return _build_run(cfg, out_dir, info, class_names, local_batch, resumable, log_file, progress)
+    except BaseException:
+        if log_file is not None:
+            log_file.close()
+        raise
 
+
+def _build_run(cfg: Config, out_dir: Path, info: D.DistInfo, class_names: list[str], local_batch: int,
+               resumable: Resumable | None, log_file: RunLogFile | None, progress: bool) -> Run:
+    tc = cfg.train
     prep_cfg = cfg.preprocessor(class_names)
     dataset, val_dataset, sample_weights = _datasets(cfg, class_names, Preprocessor(prep_cfg),
                                                      progress and info.is_main)
@@ -279,7 +330,8 @@ def setup_run(cfg: Config, out_dir: str | Path, *, resume: bool = False, overwri
                dataset=dataset, val_dataset=val_dataset, sample_weights=sample_weights, local_batch=local_batch,
                steps_per_epoch=steps_per_epoch, total_steps=steps_per_epoch * tc.epochs,
                warmup_steps=round(tc.warmup_epochs * steps_per_epoch), mix_generator=mix_generator,
-               metrics_log=MetricsLog(out_dir, info.is_main), progress=progress, resume_from=resumable)
+               metrics_log=MetricsLog(out_dir, info.is_main), progress=progress, resume_from=resumable,
+               log_file=log_file)
 
 
 def restore(run: Run) -> TrainState:
@@ -450,3 +502,5 @@ def finish(run: Run, state: TrainState, *, save_model: bool) -> None:
     D.barrier(info)
     D.cleanup(info)
     run.metrics_log.close()
+    if run.log_file is not None:
+        run.log_file.close()
