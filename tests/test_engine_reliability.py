@@ -283,3 +283,18 @@ def test_evaluate_checks_its_outputs_first_and_fails_on_all_bad_clips(toy, tmp_p
     bad.write_text("path,labels\nx.mp4,bright\n")
     assert main(["evaluate", str(out), "--manifest", str(bad), "--no-progress", "--num-workers", "0"]) == 1
     assert "no clip could be evaluated" in _one_line(capsys.readouterr().err)
+
+
+def test_kill_9_at_random_moments_never_leaves_a_run_resume_cannot_continue(tmp_path):
+    # the benchmark does this 20 times (benchmarks/kill_resume.py); here 3 kills, one of them mid-write at least
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "kill_resume.py"
+    out = tmp_path / "result.json"
+    done = subprocess.run([sys.executable, str(script), "--kills", "3", "--seed", "1", "--json", str(out)],
+                          capture_output=True, text=True, timeout=900)
+    result = json.loads(out.read_text())
+    assert result["final_resume_exit_code"] == 0, result["final_resume_stderr_tail"]
+    assert result["bit_identical_to_uninterrupted"], done.stderr[-2000:]
+    assert result["mid_write_kills"] >= 1

@@ -7,6 +7,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -177,7 +178,8 @@ class MBT(nn.Module):
         return MBTOutput(self.head(pooled), {}, {"all": pooled})
 
     # ------------------------------------------------------------------ persistence
-    def save_pretrained(self, directory: str | Path, preprocessing: PreprocessorConfig | None = None) -> Path:
+    def save_pretrained(self, directory: str | Path,
+                        preprocessing: PreprocessorConfig | dict[str, Any] | None = None) -> Path:
         """Weights (safetensors), config.json and, when known, preprocessor.json (written by its owner)."""
         from safetensors.torch import save
 
@@ -187,6 +189,8 @@ class MBT(nn.Module):
         atomic_write(directory / WEIGHTS_NAME, lambda handle: handle.write(data), what="model weights")
         write_json(directory / CONFIG_NAME, self.config.to_dict(), what="model config")
         preprocessing = preprocessing if preprocessing is not None else self.preprocessing
+        if isinstance(preprocessing, dict):  # the plain form of preprocessor.json, validated
+            preprocessing = PreprocessorConfig.from_dict(preprocessing)
         if preprocessing is not None:
             preprocessing.save(directory)
         return directory
