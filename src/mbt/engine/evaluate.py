@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
+from mbt.bars import bar
 from mbt.data.datasets import ClipDataset, collate
 from mbt.data.manifest import read_manifest
 from mbt.engine import distributed as D
@@ -51,8 +51,7 @@ def evaluate_dataset(model: MBT, dataset: ClipDataset, *, batch_size: int = 8, n
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=collate)
     device = next(model.parameters()).device
     local_rows, local_logits, local_skipped = [], [], []
-    for batch in tqdm(loader, desc="evaluating", disable=not (progress and info.is_main), leave=False,
-                      dynamic_ncols=True):
+    for batch in bar(loader, enabled=progress and info.is_main, desc="evaluating", leave=False):
         local_skipped += [(row, path, kind, reason) for row, path, kind, reason in batch["skipped"]]
         if batch["target"] is None:
             continue

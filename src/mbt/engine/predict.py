@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
+from mbt.bars import bar as progress_bar
 from mbt.data.datasets import CENTRE_CROP, eval_crops, eval_positions
 from mbt.media.decode import MediaError, probe_tracks
 from mbt.media.preprocess import Preprocessor
@@ -175,7 +175,7 @@ def run_requests(model: MBT, preprocessor: Preprocessor, requests: Sequence[Requ
     dataset = RequestDataset(requests, preprocessor, model.config.modalities)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
     try:
-        with tqdm(total=len(dataset), desc=desc, disable=not progress, leave=False, dynamic_ncols=True) as bar:
+        with progress_bar(total=len(dataset), desc=desc, enabled=progress, leave=False) as bar:
             for items in loader:
                 yield from _forward(model, device, items)
                 bar.update(len(items))

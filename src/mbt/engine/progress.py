@@ -4,14 +4,15 @@
 from __future__ import annotations
 
 import logging
-import sys
 import time
+
+from mbt.bars import in_terminal
 
 log = logging.getLogger("mbt.train")
 
 
 def use_bar(progress: bool, is_main: bool) -> bool:
-    return progress and is_main and sys.stderr.isatty()
+    return progress and is_main and in_terminal()
 
 
 def _duration(seconds: float) -> str:

@@ -8,8 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
+from mbt.bars import bar
 from mbt.config import Config
 from mbt.engine.progress import ProgressLines, use_bar
 from mbt.engine.train import (
@@ -63,9 +62,9 @@ def _loop(run: Run, stop_after_steps: int | None) -> TrainResult:
         state.epoch = epoch
         loader, num_batches = epoch_loader(run, epoch, first)
         run.model.train()
-        bar = tqdm(loader, total=num_batches - first, desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not bar_on,
-                   leave=False, dynamic_ncols=True)
-        for batch_index, batch in enumerate(bar, start=first):
+        epoch_bar = bar(loader, enabled=bar_on, total=num_batches - first, desc=f"epoch {epoch + 1}/{tc.epochs}",
+                        leave=False)
+        for batch_index, batch in enumerate(epoch_bar, start=first):
             last_micro = (batch_index + 1) % tc.grad_accum == 0
             clips_seen += micro_step(run, batch, state, sync=last_micro)
             if not last_micro:
@@ -77,7 +76,7 @@ def _loop(run: Run, stop_after_steps: int | None) -> TrainResult:
             record["clips_per_s"] = clips_seen / max(time.time() - started, 1e-9)
             run.metrics_log.write(record)
             lines.step(record)
-            bar.set_postfix(loss=f"{record['loss']:.4f}" if record["loss"] is not None else "-",
+            epoch_bar.set_postfix(loss=f"{record['loss']:.4f}" if record["loss"] is not None else "-",
                             clips_s=f"{record['clips_per_s']:.1f}")
             end_of_epoch = batch_index == num_batches - 1
             if state.step % tc.checkpoint_every == 0 and not end_of_epoch:
@@ -85,7 +84,7 @@ def _loop(run: Run, stop_after_steps: int | None) -> TrainResult:
             if stop_after_steps is not None and state.step >= stop_after_steps:
                 stopped_early = True
                 break
-        bar.close()
+        epoch_bar.close()
         if stopped_early:
             save_state(run, state)
             break
