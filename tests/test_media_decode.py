@@ -202,17 +202,18 @@ def test_missing_empty_and_non_media_files_raise_their_kind(tmp_path):
     err = error_kind(tmp_path / "text.mp4")
     assert err.kind == "unreadable" and "text.mp4" in str(err)
     (tmp_path / "dir.mp4").mkdir()
-    assert error_kind(tmp_path / "dir.mp4").kind == "unreadable"
+    assert error_kind(tmp_path / "dir.mp4").kind == "not_a_file"
     for kind, path in (("missing", tmp_path / "nope.mp4"), ("empty", tmp_path / "zero.mp4")):
         with pytest.raises(MediaError) as info:
             probe(path)
         assert info.value.kind == kind
 
 
-def test_truncated_file_is_unreadable(tmp_path):
+def test_an_mp4_cut_before_its_index_is_corrupt_not_unknown(tmp_path):
     whole = write_av(tmp_path / "whole.mp4", seconds=2.0, size=SIZE).path.read_bytes()
     (tmp_path / "cut.mp4").write_bytes(whole[: len(whole) // 2])  # the index (moov) is written last
-    assert error_kind(tmp_path / "cut.mp4").kind == "unreadable"
+    err = error_kind(tmp_path / "cut.mp4")
+    assert err.kind == "corrupt" and "MP4" in err.reason
 
 
 def test_permission_denied_is_unreadable_with_the_os_reason(tmp_path, monkeypatch):

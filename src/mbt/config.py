@@ -243,6 +243,8 @@ class DataConfig:
     eval_crops: int = 1
     # what to do with a clip lacking a modality the model needs: "skip" (logged and counted) or "error"
     on_missing_modality: str = "skip"
+    # a training window more than this fraction padding (repeated frames or silence, either modality) is skipped
+    max_pad_fraction: float = 0.5
     # decode every clip once and keep it in memory, without per-epoch augmentation (small sets, the demo)
     cache: bool = False
 
@@ -270,6 +272,8 @@ class DataConfig:
         need(self.eval_clips >= 1 and self.eval_crops in (1, 3), "eval_crops",
              "eval_clips must be >= 1 and eval_crops 1 (centre) or 3 (left/centre/right)")
         need(self.on_missing_modality in ("skip", "error"), "on_missing_modality", "must be 'skip' or 'error'")
+        need(isinstance(self.max_pad_fraction, (int, float)) and 0.0 <= self.max_pad_fraction <= 1.0,
+             "max_pad_fraction", f"must be a fraction in [0, 1], got {self.max_pad_fraction!r}")
 
     @property
     def spec_stats(self) -> tuple[float, float]:

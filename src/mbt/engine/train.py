@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from mbt.config import Config
 from mbt.data.cache import InMemoryClips
-from mbt.data.datasets import ClipDataset, collate
+from mbt.data.datasets import ClipDataset, ClipLog, collate
 from mbt.data.manifest import read_classes, read_manifest
 from mbt.engine import distributed as D
 from mbt.engine.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
@@ -166,7 +166,7 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: b
     dataset = ClipDataset(rows, class_names, preprocessor, train=not cfg.data.cache,
                           modalities=model_cfg.modalities, multi_label=model_cfg.multi_label,
                           class_splits=model_cfg.class_splits, on_missing_modality=cfg.data.on_missing_modality,
-                          seed=tc.seed)
+                          seed=tc.seed, max_pad_fraction=cfg.data.max_pad_fraction)
     val_dataset = None
     if cfg.data.val:
         val_dataset = ClipDataset(read_manifest(cfg.data.val), class_names, preprocessor, train=False,
@@ -233,6 +233,7 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: b
             }, keep=tc.keep_checkpoints)
         D.barrier(info)
 
+    clip_log = ClipLog(log, "training clip")
     for epoch in range(start_epoch, tc.epochs):
         dataset.set_epoch(epoch)
         indices = D.shard_indices(len(dataset), epoch, tc.seed, info, shuffle=True, weights=sample_weights)
@@ -247,8 +248,7 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: b
         bar = tqdm(loader, total=len(batches) - first, desc=f"epoch {epoch + 1}/{tc.epochs}",
                    disable=not (progress and info.is_main), leave=False, dynamic_ncols=True)
         for batch_index, batch in enumerate(bar, start=first):
-            for _row, path, kind, reason in batch["skipped"]:
-                log.warning("skipped training clip %s (%s): %s", path, kind, reason)
+            clip_log.record(batch)  # each skipped / padded clip logged once per run, counted by kind
             skipped_total += len(batch["skipped"])
             last_micro = (batch_index + 1) % tc.grad_accum == 0
             usable = batch["target"] is not None
