@@ -12,6 +12,7 @@ import logging
 import sys
 
 from mbt.config import ConfigError
+from mbt.media.decode import MediaError
 
 COMMANDS = ["demo", "train", "evaluate", "predict", "flops", "attention", "data", "convert", "sweep"]
 
@@ -45,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"mbt: config error: {e}", file=sys.stderr)
         return 2
+    except MediaError as e:  # a media file a command cannot do without (str: "path: kind: reason")
+        print(f"mbt {args.command}: {e}", file=sys.stderr)
+        return 1
     except (FileNotFoundError, ValueError) as e:
         print(f"mbt {args.command}: error: {e}", file=sys.stderr)
         return 2

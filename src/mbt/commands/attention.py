@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -49,8 +50,10 @@ def run(args: argparse.Namespace) -> int:
     info = probe(args.video)
     available = {"video": info.has_video, "audio": info.has_audio}
     wanted = tuple(m for m in model.config.modalities if available.get(m, False))
-    if not wanted:
-        raise ValueError(f"{args.video}: has none of the model's streams {model.config.modalities}")
+    if not wanted:  # a data problem (exit 1), like a file that does not decode (MediaError, see mbt.cli)
+        print(f"mbt attention: {args.video}: has none of the model's streams {model.config.modalities}",
+              file=sys.stderr)
+        return 1
     for m in model.config.modalities:
         if m not in wanted:
             log.warning("%s: no %s track; drawing the attention of %s alone", args.video, m, ", ".join(wanted))

@@ -7,6 +7,7 @@ single-label sets, several for multi-label sets); `start` / `end` are seconds an
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,12 +25,28 @@ class ManifestRow:
     line: int = 0  # line number in the manifest, for messages
 
 
-def read_classes(path: str | Path) -> list[str]:
+def read_text(path: str | Path, what: str) -> str:
+    """A text file's contents: UTF-8, with or without a byte-order mark (spreadsheet programs write one). Other
+    encodings are a ManifestError naming the file, the line and the byte, since guessing would corrupt labels."""
     path = Path(path)
     try:
-        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        data = path.read_bytes()
+    except IsADirectoryError:
+        raise ManifestError(f"{path}: cannot read {what}: is a directory") from None
     except OSError as e:
-        raise ManifestError(f"{path}: cannot read classes file: {e.strerror}") from None
+        raise ManifestError(f"{path}: cannot read {what}: {e.strerror or e}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ManifestError(f"{path}:{line}: {what} is not UTF-8 text (byte 0x{data[e.start]:02x} at column "
+                            f"{column}); save it as UTF-8") from None
+
+
+def read_classes(path: str | Path) -> list[str]:
+    path = Path(path)
+    names = [line.strip() for line in read_text(path, "classes file").splitlines()]
     while names and not names[-1]:
         names.pop()
     for i, name in enumerate(names, 1):
@@ -58,11 +75,7 @@ def _seconds(value: str, path: Path, line: int, key: str) -> float | None:
 
 def read_manifest(path: str | Path) -> list[ManifestRow]:
     path = Path(path)
-    try:
-        handle = path.open(newline="", encoding="utf-8")
-    except OSError as e:
-        raise ManifestError(f"{path}: cannot read manifest: {e.strerror}") from None
-    with handle:
+    with io.StringIO(read_text(path, "manifest"), newline="") as handle:
         reader = csv.DictReader(handle)
         header = [h.strip() for h in (reader.fieldnames or [])]
         if "path" not in header or "labels" not in header:
