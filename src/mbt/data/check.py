@@ -39,7 +39,8 @@ R = TypeVar("R")
 SILENCE_RMS_DB = -60.0  # an audio window quieter than this (RMS, dBFS) is silent too
 STILL_LEVELS = 8  # a window whose pixels all stay within this many levels of its first frame is still
 LARGE_PIXELS = 1920 * 1080  # frames above full HD decode slowly; transcoding shrinks them
-VFR_RATIO = 1.5  # longest / shortest frame interval above this: variable frame rate
+VFR_RATIO = 1.5  # a frame interval this much longer or shorter than the median one is irregular...
+VFR_SHARE = 0.1  # ... and a file with more than this share of irregular intervals has a variable frame rate
 VFR_PACKETS = 300  # packets read to judge the frame rate
 TRUNCATED_S = 0.2  # a stream ending this much before its declared duration is cut off
 
@@ -146,6 +147,7 @@ def scan_span(path: str | Path, start: float | None, end: float | None) -> SpanS
         stop = origin + end if end is not None else math.inf
         times: list[float] = []
         expected = None
+        failed = 0
         try:
             for packet in container.demux(*streams):
                 if packet.pts is None or packet.time_base is None:
@@ -162,8 +164,10 @@ def scan_span(path: str | Path, start: float | None, end: float | None) -> SpanS
                 try:
                     frames = packet.decode()
                 except av.FFmpegError:
-                    scan.bad_packets += 1
+                    failed += 1  # counted once a later packet decodes: the last one of a cut-off file is no damage
                     continue
+                scan.bad_packets += failed
+                failed = 0
                 for frame in frames:
                     ft = frame.time if frame.time is not None else expected or 0.0
                     if expected is not None and ft > expected + AUDIO_GAP_S:
@@ -286,11 +290,17 @@ def inspect_row(window: PreprocessorConfig, max_pad_fraction: float,
         if info.width and info.height and info.width * info.height > LARGE_PIXELS:
             warn(("large", f"{info.width}x{info.height} frames decode slowly; `mbt data transcode` scales them "
                            f"down"))
-        intervals = scan.intervals
-        if len(intervals) >= 2 and max(intervals) > VFR_RATIO * min(intervals):
-            warn(("vfr", f"variable frame rate: frame intervals from {min(intervals) * 1000:.0f} to "
-                         f"{max(intervals) * 1000:.0f} ms (frames are picked by timestamp; `mbt data transcode "
-                         f"--fps F` makes the rate constant)"))
+        intervals = np.asarray(scan.intervals)
+        if len(intervals) >= 2:
+            # Judged on the share of irregular intervals: AVI demuxers report one 2-frame gap at the start of
+            # every file, which is no variable frame rate.
+            median = float(np.median(intervals))
+            irregular = int(np.sum((intervals > VFR_RATIO * median) | (intervals < median / VFR_RATIO)))
+            if irregular > VFR_SHARE * len(intervals):
+                warn(("vfr", f"variable frame rate: {irregular} of {len(intervals)} frame intervals differ from "
+                             f"the usual {median * 1000:.0f} ms by more than {VFR_RATIO:g}x (from "
+                             f"{intervals.min() * 1000:.0f} to {intervals.max() * 1000:.0f} ms; frames are picked "
+                             "by timestamp; `mbt data transcode --fps F` makes the rate constant)"))
     return finding
 
 

@@ -65,7 +65,7 @@ RAW_VIDEO_FORMATS = {"h264": "H.264", "hevc": "H.265/HEVC", "m4v": "MPEG-4 part 
 _SIGNATURES = ((4, b"ftyp", "MP4/QuickTime"), (4, b"moov", "MP4/QuickTime"), (4, b"mdat", "MP4/QuickTime"),
                (4, b"free", "MP4/QuickTime"), (4, b"wide", "MP4/QuickTime"), (0, b"\x1a\x45\xdf\xa3", "Matroska/WebM"),
                (0, b"RIFF", "RIFF (AVI/WAV)"), (0, b"OggS", "Ogg"), (0, b"fLaC", "FLAC"), (0, b"FLV", "FLV"),
-               (0, b"ID3", "MP3"), (0, b"\x00\x00\x01\xba", "MPEG-PS"))
+               (0, b"ID3", "MP3"), (0, b"\x00\x00\x01\xba", "MPEG-PS"), (0, b"YUV4MPEG2", "Y4M"))
 # What PyAV and FFmpeg raise for a bad file (av.FFmpegError subclasses OSError in PyAV >= 9, but older ones not).
 DECODER_ERRORS = (av.FFmpegError, OSError, RuntimeError, ValueError, UnicodeDecodeError, EOFError, MemoryError)
 
@@ -112,8 +112,6 @@ def _container_name(head: bytes) -> str | None:
     for offset, magic, name in _SIGNATURES:
         if head[offset:offset + len(magic)] == magic:
             return name
-    if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:
-        return "MPEG audio / ADTS"
     return None
 
 
@@ -355,7 +353,11 @@ def _decode_video(container: av.container.InputContainer, path: str | Path, targ
     def pixels(frame: av.VideoFrame) -> np.ndarray:
         if id(frame) not in converted:
             _frame_size_check(path, frame.width, frame.height)  # the stream's header may have understated it
-            converted[id(frame)] = (frame, frame.to_ndarray(format="rgb24", width=width, height=height))
+            rgb = frame.to_ndarray(format="rgb24", width=width, height=height)
+            # Phones store portrait video as landscape frames plus a display matrix saying how to turn them;
+            # players apply it, so must we (PyAV >= 13 exposes it; rotation is counter-clockwise degrees).
+            turns = round((getattr(frame, "rotation", 0) or 0) / 90) % 4
+            converted[id(frame)] = (frame, np.ascontiguousarray(np.rot90(rgb, k=turns)) if turns else rgb)
         return converted[id(frame)][1]
 
     # A frame covers [its time, its time + its duration]; a target outside every such span (give or take
