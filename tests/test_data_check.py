@@ -232,3 +232,66 @@ def test_stats_normalise_the_usable_clips_to_zero_mean_unit_std(corpus, tmp_path
     used = [name for name in EXPECTED if name not in problems and name not in short]
     specs = torch.stack([pre(corpus / name, train=False, modalities=("audio",)).inputs["audio"] for name in used])
     assert abs(specs.mean().item()) < 1e-3 and abs(specs.std(unbiased=False).item() - 1) < 1e-3
+
+
+# ==================================================================== labels and encodings
+@pytest.fixture
+def labelled(corpus, tmp_path):
+    """A classes file [Dog, cat, Bird] and a manifest of good clips with right and wrong labels."""
+    (tmp_path / "classes.txt").write_text("Dog\ncat\nBird\n", encoding="utf-8")
+    good = corpus / "good.mp4"
+    labels = ["Dog", "dog", "cta", "", "Dog;cat", "Bird"]
+    lines = ["path,labels"] + [f"{good},{label}" for label in labels]
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return tmp_path
+
+
+def _check_json(tmp_path, *args) -> tuple[int, dict]:
+    out = tmp_path / "r.json"
+    sets = [arg for o in OVERRIDES for arg in ("--set", o)]
+    code = main(["data", "check", *args, *sets, "--jobs", "1", "--json", str(out)])
+    return code, json.loads(out.read_text()) if out.exists() else {}
+
+
+def test_check_reports_unknown_empty_and_wrongly_cased_labels(labelled, capsys):
+    code, report = _check_json(labelled, str(labelled / "m.csv"), "--classes", str(labelled / "classes.txt"))
+    assert code == 1
+    found = sorted((p["line"], p["kind"]) for p in report["problems"])
+    assert found == [(3, "unknown_label"), (4, "unknown_label"), (5, "no_label")]  # "Dog;cat" is fine here
+    reasons = {p["line"]: p["reason"] for p in report["problems"]}
+    assert "'dog' is not in classes.txt" in reasons[3] and "did you mean 'Dog'?" in reasons[3]
+    assert "did you mean 'cat'?" in reasons[4]
+    assert report["ok"] == 3
+    printed = capsys.readouterr().out
+    assert "m.csv:3: " in printed and "m.csv:4: " in printed  # the summary lists manifest:line
+
+
+def test_check_with_a_single_label_config_also_flags_several_labels(labelled, tmp_path):
+    import yaml
+
+    (labelled / "config.yaml").write_text(yaml.safe_dump({"data": {"classes": "classes.txt"}}))
+    code, report = _check_json(labelled, str(labelled / "m.csv"), "--config", str(labelled / "config.yaml"))
+    assert code == 1
+    assert (6, "many_labels") in [(p["line"], p["kind"]) for p in report["problems"]]
+
+
+def test_byte_order_marks_in_manifest_and_classes_file_are_ignored(labelled, corpus, tmp_path):
+    (tmp_path / "classes.txt").write_bytes(b"\xef\xbb\xbfa\nb\n")
+    (tmp_path / "m.csv").write_bytes(b"\xef\xbb\xbfpath,labels\n" + f"{corpus / 'good.mp4'},a\n".encode())
+    code, report = _check_json(tmp_path, str(tmp_path / "m.csv"), "--classes", str(tmp_path / "classes.txt"))
+    assert code == 0 and report["problems"] == [] and report["ok"] == 1
+
+
+def test_a_latin1_manifest_is_one_line_naming_file_and_line(corpus, tmp_path, capsys):
+    (tmp_path / "m.csv").write_bytes(f"path,labels\n{corpus / 'good.mp4'},a\n{corpus / 'good.mp4'},".encode()
+                                     + "été\n".encode("latin-1"))
+    code, _ = _check_json(tmp_path, str(tmp_path / "m.csv"))
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "m.csv:3: manifest is not UTF-8 text (byte 0xe9" in err
+
+
+def test_a_manifest_with_a_header_and_no_rows_is_a_problem(tmp_path, capsys):
+    (tmp_path / "m.csv").write_text("path,labels\n")
+    code, report = _check_json(tmp_path, str(tmp_path / "m.csv"))
+    assert code == 1 and [p["kind"] for p in report["problems"]] == ["no_rows"] and report["ok"] == 0

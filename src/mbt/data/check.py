@@ -318,28 +318,28 @@ class LabelRules:
 def _suggestion(label: str, names: list[str], folded: dict[str, str]) -> str:
     if label.casefold() in folded:
         return f"; did you mean {folded[label.casefold()]!r}? (labels are case-sensitive)"
-    close = difflib.get_close_matches(label, names, n=1, cutoff=0.75)
+    close = difflib.get_close_matches(label, names, n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def label_problems(row: ManifestRow, rules: LabelRules, where: str) -> list[tuple[str, str]]:
-    """(kind, reason) of each thing wrong with a row's labels; `where` is "manifest:line"."""
+def label_problems(row: ManifestRow, rules: LabelRules) -> list[tuple[str, str]]:
+    """(kind, reason) of each thing wrong with a row's labels (the report names the manifest line)."""
     if not row.labels:
-        return [("no_label", f"{where}: the row has no label")]
+        return [("no_label", "the row has no label")]
     names = rules.names
     found = []
     if rules.class_splits is not None:
         if len(row.labels) != len(rules.class_splits):
-            found.append(("label_count", f"{where}: {len(row.labels)} label(s) {list(row.labels)}, but the "
+            found.append(("label_count", f"{len(row.labels)} label(s) {list(row.labels)}, but the "
                                          f"{len(rules.class_splits)} class splits need one each, separated by ';'"))
     elif rules.multi_label is False and len(row.labels) > 1:
-        found.append(("many_labels", f"{where}: {len(row.labels)} labels {list(row.labels)} in a single-label "
-                                     "config (model.multi_label is false)"))
+        found.append(("many_labels", f"{len(row.labels)} labels {list(row.labels)} in a single-label config "
+                                     "(model.multi_label is false)"))
     known = set(names)
     folded = {n.casefold(): n for n in names}
     for label in row.labels:
         if label not in known:
-            found.append(("unknown_label", f"{where}: label {label!r} is not in {rules.source}"
+            found.append(("unknown_label", f"label {label!r} is not in {rules.source}"
                                            + _suggestion(label, names, folded)))
     return found
 
@@ -398,7 +398,7 @@ def check_manifest(manifest: str | Path, cfg: Config | None = None, *, classes: 
                            multi_label=cfg.model.multi_label if check_label_count else None,
                            class_splits=cfg.model.class_splits if check_label_count else None)
         for row in rows:
-            for kind, reason in label_problems(row, rules, f"{Path(manifest).name}:{row.line}"):
+            for kind, reason in label_problems(row, rules):
                 report.problems.append({"path": str(row.path), "kind": kind, "reason": reason, "line": row.line})
     else:
         report.notes.append("labels not checked (give --classes FILE, or --config naming data.classes)")

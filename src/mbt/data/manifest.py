@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,17 +102,20 @@ def write_manifest(path: str | Path, rows: list[ManifestRow], relative: bool = T
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with_times = any(r.start is not None or r.end is not None for r in rows)
-    base = path.parent.resolve()
+    # abspath, not resolve(): a row's symbolic link is kept as the user named it, and a link loop (which
+    # resolve() raises on) is the data checker's to report, not a reason to fail writing the manifest
+    base = Path(os.path.abspath(path.parent))
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "labels", "start", "end"] if with_times else ["path", "labels"])
         for r in rows:
             file = Path(r.path)
             if relative:
+                file = Path(os.path.abspath(file))
                 try:
-                    file = file.resolve().relative_to(base)
+                    file = file.relative_to(base)
                 except ValueError:
-                    file = file.resolve()
+                    pass
             row = [file.as_posix(), ";".join(r.labels)]
             if with_times:
                 row += ["" if r.start is None else f"{r.start:g}", "" if r.end is None else f"{r.end:g}"]
