@@ -265,3 +265,19 @@ def test_evaluate_counts_the_unusable_videos_and_writes_strict_json(mixed_run, t
     skipped_lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("not evaluated")]
     for case in unusable:
         assert any(case.name in line and case.problem in line for line in skipped_lines), case.name
+
+
+# Stopping mid-epoch tears the loader's workers down while its queue feeder thread may still be writing to them;
+# torch's race shows up as a thread warning under pytest (the command's own output stays one line).
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_on_missing_modality_error_ends_training_with_one_line_naming_the_file(corpus, tmp_path, capsys):
+    good = write_toy_set(tmp_path, 4)
+    lines = good.read_text().splitlines() + [f"{corpus / 'audio_only.m4a'},dark"]
+    good.write_text("\n".join(lines) + "\n")
+    config = toy_config(tmp_path, good, epochs=1, num_workers=2)  # the error crosses a worker process
+    code = main(["train", str(config), "--set", "data.on_missing_modality=error", "--out", str(tmp_path / "run"),
+                 "--no-progress"])
+    err = capsys.readouterr().err
+    no_traceback(err)
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "audio_only.m4a: no_video: the file has no video stream" in err
