@@ -329,7 +329,7 @@ def _table(folder: Path) -> str:
     import torch
 
     from mbt.config import build_config
-    from mbt.data.check import check_manifest
+    from mbt.data.check import LABEL_PROBLEMS, WARNING_KINDS, check_manifest
     from mbt.data.datasets import ClipDataset
     from mbt.data.manifest import read_manifest
     from mbt.engine.predict import predict_file
@@ -388,9 +388,17 @@ def _table(folder: Path) -> str:
         train_outcome, eval_outcome, predict_outcome = outcomes[case.name]
         lines.append(f"| `{case.name}` | {case.what} | {found} | {train_outcome} | {eval_outcome} | "
                      f"{predict_outcome} |")
-    kinds = Counter(p["kind"] for p in report.problems)
-    lines += ["", "## Problem kinds", "", "| kind | meaning | files in the corpus |", "|---|---|---|"]
-    lines += [f"| `{kind}` | {meaning} | {kinds.get(kind, 0)} |" for kind, meaning in MEDIA_ERROR_KINDS.items()]
+    problems = Counter(p["kind"] for p in report.problems)
+    warnings = Counter(w["kind"] for w in report.warnings)
+    lines += ["", "## Kinds", "", "Media problems (unusable: a skip in training and evaluation, an error in predict; "
+              "`too_much_padding` only in training):", "", "| kind | meaning | files in the corpus |", "|---|---|---|"]
+    lines += [f"| `{kind}` | {meaning} | {problems.get(kind, 0)} |" for kind, meaning in MEDIA_ERROR_KINDS.items()]
+    lines += ["", "Warnings of `data check` (usable):", "", "| kind | meaning | files in the corpus |", "|---|---|---|"]
+    lines += [f"| `{kind}` | {meaning} | {warnings.get(kind, 0)} |" for kind, meaning in WARNING_KINDS.items()]
+    lines += ["", "Label problems of `data check` (with `--classes FILE`, or `--config` naming `data.classes`; the "
+              "label count is checked against the config's `model.multi_label` / `class_splits`):", "",
+              "| kind | meaning |", "|---|---|"]
+    lines += [f"| `{kind}` | {meaning} |" for kind, meaning in LABEL_PROBLEMS.items()]
     return "\n".join(lines) + "\n"
 
 

@@ -288,3 +288,12 @@ def test_on_missing_modality_error_ends_training_with_one_line_naming_the_file(c
     errors = [line for line in done.stderr.splitlines() if line.startswith("mbt train:")]
     assert done.returncode == 1 and len(errors) == 1
     assert "audio_only.m4a: no_video: the file has no video stream" in errors[0]
+
+
+def test_docs_reliability_table_lists_every_corpus_case():
+    """docs/reliability.md is generated from this corpus (python tests/fault_corpus.py --table); a case added
+    without regenerating it shows here."""
+    table = (Path(__file__).resolve().parents[1] / "docs" / "reliability.md").read_text(encoding="utf-8")
+    assert table.startswith("# What happens to bad and awkward media")
+    missing = [case.name for case in fc.CASES if f"| `{case.name}` |" not in table]
+    assert not missing, f"regenerate docs/reliability.md: {missing}"
