@@ -295,3 +295,12 @@ def test_a_manifest_with_a_header_and_no_rows_is_a_problem(tmp_path, capsys):
     (tmp_path / "m.csv").write_text("path,labels\n")
     code, report = _check_json(tmp_path, str(tmp_path / "m.csv"))
     assert code == 1 and [p["kind"] for p in report["problems"]] == ["no_rows"] and report["ok"] == 0
+
+
+def test_stats_over_no_usable_clip_write_null_not_nan(corpus, tmp_path):
+    write_manifest(tmp_path / "m.csv", [ManifestRow(corpus / "missing.mp4", ("a",))])
+    out = tmp_path / "stats.json"
+    sets = [arg for o in OVERRIDES for arg in ("--set", o)]
+    assert main(["data", "stats", str(tmp_path / "m.csv"), *sets, "--json", str(out), "--jobs", "1"]) == 1
+    stats = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert stats["spec_mean"] is None and stats["clips"] == 0 and stats["skipped"] == 1

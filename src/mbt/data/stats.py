@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import random
 from dataclasses import dataclass
 from functools import partial
@@ -36,7 +37,9 @@ class SpecStats:
     padded: int  # clips shorter than the window, left out
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Strict JSON: statistics over no clip are null, not NaN."""
+        return {k: None if isinstance(v, float) and not math.isfinite(v) else v
+                for k, v in dataclasses.asdict(self).items()}
 
     def summary(self) -> str:
         if not self.clips:
