@@ -334,7 +334,7 @@ def _table(folder: Path) -> str:
     from mbt.data.manifest import read_manifest
     from mbt.engine.predict import predict_file
     from mbt.media.decode import MEDIA_ERROR_KINDS
-    from mbt.media.preprocess import Preprocessor, PreprocessorConfig
+    from mbt.media.preprocess import Preprocessor
     from mbt.model import MBT
 
     cfg = build_config(overrides=[*OVERRIDES, "model.depth=2", "model.width=32", "model.num_heads=2",
@@ -343,7 +343,7 @@ def _table(folder: Path) -> str:
     with permissions_enforced():
         report = check_manifest(manifest, cfg, progress=False)
         rows = read_manifest(manifest)
-        pre = Preprocessor(PreprocessorConfig.from_config(cfg, list(LABELS)))
+        pre = Preprocessor(cfg.preprocessor(list(LABELS)))
         common = dict(modalities=("video", "audio"))
         train = ClipDataset(rows, list(LABELS), pre, train=True, max_pad_fraction=cfg.data.max_pad_fraction,
                             **common)

@@ -8,11 +8,17 @@ import pytest
 import torch
 
 from engine_fixtures import toy_config, write_toy_set
-from mbt.analysis.attention import BOTTLENECK, attention_rollout, capture_attention, cls_share, keep_attention
+from mbt.analysis.attention import (
+    BOTTLENECK,
+    attention_probes,
+    attention_rollout,
+    capture_attention,
+    cls_share,
+)
 from mbt.cli import main
 from mbt.config import MBTConfig, load_config
-from mbt.engine.train import train
 from mbt.model import MBT
+from mbt.recipes.train import train
 
 SMALL = dict(width=32, num_heads=2, mlp_dim=64, num_frames=4, image_size=32, spec_frames=96, num_mel_bins=32,
              num_classes=3, drop_path_rate=0.0, fusion_layer=1)
@@ -31,19 +37,20 @@ def small_model(depth: int = 3, seed: int = 0, **overrides) -> tuple[MBT, dict[s
                                     dict(fusion="bottleneck", fusion_layer=1)])
 def test_captured_attention_rows_sum_to_one_and_equal_softmax_of_queries_and_keys(fusion):
     model, inputs = small_model(**fusion)
-    calls = []
+    arguments = []
 
     def record(module, args, output):
-        x, context = args[0], (args[1] if len(args) > 1 else None)
-        calls.append((module, x, context, module.last_attention.clone()))
+        arguments.append((module, args[0], args[1] if len(args) > 1 else None))
 
     modules = {id(b.attn): b.attn for layer in range(model.config.depth)
                for b in model.encoder.blocks_at(layer).values()}
     handles = [m.register_forward_hook(record) for m in modules.values()]
-    with torch.no_grad(), keep_attention(model):
+    with torch.no_grad(), attention_probes(model) as records:
         model(**inputs)
     for handle in handles:
         handle.remove()
+    assert [module for _, module, _ in records] == [module for module, _, _ in arguments]
+    calls = [(module, x, context, probs) for (module, x, context), (_, _, probs) in zip(arguments, records)]
 
     assert len(calls) == sum(1 if kind == "joint" else 2 for kind in model.encoder.schedule)
     for module, x, context, probs in calls:
@@ -65,8 +72,8 @@ def test_capturing_attention_changes_no_output_and_is_switched_off_afterwards():
     capture = capture_attention(model, inputs)
     torch.testing.assert_close(capture.output.logits, reference, atol=1e-5, rtol=1e-5)
     attention = [b.attn for layer in range(3) for b in model.encoder.blocks_at(layer).values()]
-    assert not any(a.keep_attention for a in attention)
-    assert all(a.last_attention is None for a in attention)
+    assert all(a.fused for a in attention)  # back on the fused kernel
+    assert not any(a.probe._forward_hooks for a in attention)  # and unhooked
 
 
 def test_bottleneck_layers_expose_the_bottleneck_rows_over_each_stream():

@@ -20,7 +20,7 @@ from mbt.data.check import check_manifest
 from mbt.data.datasets import ClipDataset, collate
 from mbt.data.manifest import ManifestRow, read_manifest, write_manifest
 from mbt.media.decode import MediaError
-from mbt.media.preprocess import Preprocessor, PreprocessorConfig
+from mbt.media.preprocess import Preprocessor
 from media_factory import write_av
 
 # A small window keeps the corpus small: 4 frames at stride 2 of 25 fps (0.32 s), 96 spectrogram frames (~1 s).
@@ -158,7 +158,7 @@ def test_check_command_exits_0_when_every_row_is_usable(corpus, tmp_path):
 def _dataset(corpus, *, train, on_missing_modality="skip"):
     cfg = build_config(overrides=OVERRIDES)
     rows = read_manifest(corpus / "manifest.csv")
-    return ClipDataset(rows, ["class0", "class1"], Preprocessor(PreprocessorConfig.from_config(cfg)), train=train,
+    return ClipDataset(rows, ["class0", "class1"], Preprocessor(cfg.preprocessor()), train=train,
                        modalities=("video", "audio"), on_missing_modality=on_missing_modality,
                        max_pad_fraction=cfg.data.max_pad_fraction if train else None), cfg
 
@@ -228,7 +228,7 @@ def test_stats_normalise_the_usable_clips_to_zero_mean_unit_std(corpus, tmp_path
     # the property the numbers are for: normalised with them, the same clips have mean 0 and std 1
     cfg = build_config(overrides=[*OVERRIDES, "data.normalisation=custom", f"data.spec_mean={stats['spec_mean']}",
                                   f"data.spec_std={stats['spec_std']}"])
-    pre = Preprocessor(PreprocessorConfig.from_config(cfg))
+    pre = Preprocessor(cfg.preprocessor())
     used = [name for name in EXPECTED if name not in problems and name not in short]
     specs = torch.stack([pre(corpus / name, train=False, modalities=("audio",)).inputs["audio"] for name in used])
     assert abs(specs.mean().item()) < 1e-3 and abs(specs.std(unbiased=False).item() - 1) < 1e-3

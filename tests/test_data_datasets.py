@@ -13,7 +13,7 @@ from mbt.config import build_config
 from mbt.data.datasets import ClipDataset, collate, eval_positions
 from mbt.data.manifest import ManifestError, ManifestRow
 from mbt.media.decode import MediaError
-from mbt.media.preprocess import Preprocessor, PreprocessorConfig, Sample
+from mbt.media.preprocess import Preprocessor, Sample
 from media_factory import write_av
 
 
@@ -134,7 +134,7 @@ def test_augmented_batches_are_identical_with_and_without_workers(media):
     cfg = build_config(overrides=["model.image_size=32", "model.num_frames=4", "model.spec_frames=64",
                                   "model.num_mel_bins=32"])
     ds = ClipDataset([ManifestRow(media / f"clip{i}.mp4", ("a",)) for i in range(4)], ["a"],
-                     Preprocessor(PreprocessorConfig.from_config(cfg)), train=True, modalities=("video", "audio"),
+                     Preprocessor(cfg.preprocessor()), train=True, modalities=("video", "audio"),
                      seed=7)
     ds.set_epoch(2)
 

@@ -19,7 +19,7 @@ from mbt.cli import main
 from mbt.config import build_config
 from mbt.data.datasets import ClipDataset, ClipLog, collate
 from mbt.data.manifest import read_manifest
-from mbt.media.preprocess import Preprocessor, PreprocessorConfig
+from mbt.media.preprocess import Preprocessor
 from mbt.model import MBT
 
 SETS = [arg for o in fc.OVERRIDES for arg in ("--set", o)]
@@ -59,7 +59,7 @@ def model_dir(tmp_path_factory) -> Path:
                                   "model.mlp_dim=64", "model.fusion_layer=1", "model.num_classes=2"])
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("model")
-    MBT(cfg.model).save_pretrained(out, PreprocessorConfig.from_config(cfg, list(fc.LABELS)).to_dict())
+    MBT(cfg.model).save_pretrained(out, cfg.preprocessor(list(fc.LABELS)))
     return out
 
 
@@ -108,7 +108,7 @@ def test_data_check_messages_say_what_the_file_is(corpus):
 # ==================================================================== datasets
 def _datasets(corpus: Path):
     cfg = build_config(overrides=fc.OVERRIDES)
-    pre = Preprocessor(PreprocessorConfig.from_config(cfg, list(fc.LABELS)))
+    pre = Preprocessor(cfg.preprocessor(list(fc.LABELS)))
     rows = read_manifest(corpus / "corpus.csv")
     common = dict(modalities=("video", "audio"))
     train = ClipDataset(rows, list(fc.LABELS), pre, train=True, max_pad_fraction=cfg.data.max_pad_fraction, **common)

@@ -215,8 +215,8 @@ def test_convert_command_on_the_fixture(tmp_path, capsys):
     record = json.loads((out / "conversion.json").read_text())
     assert record["msgpack_sha256"] == json.loads((VARIANT_A / "config.json").read_text())["checkpoint"][
         "msgpack_sha256"]
-    assert model.preprocessing["spec_mean"] == 1.102 and model.preprocessing["spec_std"] == 2.762
-    assert (model.preprocessing["fps"], model.preprocessing["frame_stride"]) == (25.0, 2)
+    assert model.preprocessing.spec_mean == 1.102 and model.preprocessing.spec_std == 2.762
+    assert (model.preprocessing.fps, model.preprocessing.frame_stride) == (25.0, 2)
 
 
 # ==================================================================== other variants, against the reference

@@ -284,4 +284,4 @@ def test_convert_vit_command(vit, tmp_path, capsys):
     assert torch.equal(model.state_dict()["encoder.streams.audio.2.mlp.fc1.weight"], state["blocks.2.mlp.fc1.weight"])
     assert not model.cls_token["audio"].any()
     assert json.loads((out / "vit_init.json").read_text())["audio_cls"] == "zero"
-    assert model.preprocessing["image_size"] == 112
+    assert model.preprocessing.image_size == 112

@@ -257,7 +257,7 @@ def test_preprocessor_reports_padding_and_a_missing_modality(tmp_path):
 
 def test_preprocessor_config_from_run_config_and_json_round_trip(tmp_path):
     cfg = build_config({"model": {"preset": "mbt-base"}, "data": {"normalisation": "scenic", "fps": 30.0}})
-    pre = PreprocessorConfig.from_config(cfg, class_names=["dog", "cat"])
+    pre = cfg.preprocessor(class_names=["dog", "cat"])
     assert (pre.num_frames, pre.image_size, pre.short_side, pre.num_mel_bins, pre.spec_frames) == (32, 224, 256,
                                                                                                    128, 800)
     assert (pre.spec_mean, pre.spec_std, pre.fps) == (1.102, 2.762, 30.0)
@@ -266,7 +266,7 @@ def test_preprocessor_config_from_run_config_and_json_round_trip(tmp_path):
     assert path.name == "preprocessor.json" and json.loads(path.read_text())["class_names"] == ["dog", "cat"]
     loaded = PreprocessorConfig.load(tmp_path / "model")
     assert loaded == pre and isinstance(loaded.scale_jitter, tuple) and isinstance(loaded.modalities, tuple)
-    tiny = PreprocessorConfig.from_config(build_config({"model": {"preset": "mbt-tiny"}}))
+    tiny = build_config({"model": {"preset": "mbt-tiny"}}).preprocessor()
     assert tiny.short_side == 128  # 112 * 8 / 7
 
 

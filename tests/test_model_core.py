@@ -11,6 +11,7 @@ import torch
 from mbt import MBT, ConfigError, MBTConfig
 from mbt.analysis.flops import count_flops
 from mbt.config import build_config
+from mbt.media.settings import PreprocessorConfig
 from mbt.model.blocks import Block, DropPath
 
 
@@ -152,9 +153,11 @@ def test_save_and_load_round_trip(tmp_path):
     model = MBT(cfg).eval()
     with torch.no_grad():
         model.head.weight.normal_()
-    model.save_pretrained(tmp_path / "m", preprocessing={"spec_mean": 1.0})
+    preprocessing = PreprocessorConfig(num_frames=4, image_size=32, short_side=37, spec_frames=64, num_mel_bins=32,
+                                       spec_mean=1.0, spec_std=2.0)
+    model.save_pretrained(tmp_path / "m", preprocessing=preprocessing)
     loaded = MBT.from_pretrained(tmp_path / "m").eval()
-    assert loaded.config == cfg and loaded.preprocessing == {"spec_mean": 1.0}
+    assert loaded.config == cfg and loaded.preprocessing == preprocessing
     x = dict(video=torch.randn(2, *cfg.video_shape), audio=torch.randn(2, *cfg.audio_shape))
     assert torch.equal(model(**x).logits, loaded(**x).logits)
     with pytest.raises(FileNotFoundError, match="config.json"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -98,7 +100,7 @@ def test_bottleneck_is_the_only_path_between_streams(monkeypatch):
     x = inputs(model.config)
     y = dict(x, video=torch.randn_like(x["video"]))
     assert changed(model(**x).modality_logits["audio"], model(**y).modality_logits["audio"])
-    monkeypatch.setitem(fusion_module.LAYER_FUNCTIONS, "bottleneck", _bottleneck_without_averaging)
+    monkeypatch.setitem(fusion_module.LAYER_KINDS, "bottleneck", dataclasses.replace(fusion_module.LAYER_KINDS["bottleneck"], run=_bottleneck_without_averaging))
     assert torch.equal(model(**x).modality_logits["audio"], model(**y).modality_logits["audio"])
 
 
@@ -127,7 +129,7 @@ def test_vanilla_separate_weights_equals_the_official_computation(monkeypatch, f
     model = make(fusion="vanilla", fusion_layer=fusion_layer)
     x = inputs(model.config)
     ours = model(**x)
-    monkeypatch.setitem(fusion_module.LAYER_FUNCTIONS, "cross", _naive_cross)
+    monkeypatch.setitem(fusion_module.LAYER_KINDS, "cross", dataclasses.replace(fusion_module.LAYER_KINDS["cross"], run=_naive_cross))
     reference = model(**x)
     for m in ("video", "audio"):
         torch.testing.assert_close(ours.modality_logits[m], reference.modality_logits[m], atol=1e-5, rtol=0)
@@ -138,7 +140,7 @@ def test_vanilla_shared_weights_is_one_joint_sequence(monkeypatch):
     x = inputs(model.config)
     joint = model(**x)
     # with one shared block, each stream over [others; own] keeping its own part is the same computation
-    monkeypatch.setitem(fusion_module.LAYER_FUNCTIONS, "joint", _naive_cross)
+    monkeypatch.setitem(fusion_module.LAYER_KINDS, "joint", dataclasses.replace(fusion_module.LAYER_KINDS["joint"], run=_naive_cross))
     torch.testing.assert_close(joint.logits, model(**x).logits, atol=1e-5, rtol=0)
     assert sum(p.numel() for p in model.parameters()) < sum(
         p.numel() for p in make(fusion="vanilla", fusion_layer=1).parameters())
@@ -165,7 +167,7 @@ def test_three_stream_bottleneck_averages_all_streams(monkeypatch):
     model = make(fusion="bottleneck", fusion_layer=2, **THREE)
     x = inputs(model.config)
     y = dict(x, flow=torch.randn_like(x["flow"]))
-    monkeypatch.setitem(fusion_module.LAYER_FUNCTIONS, "bottleneck", _bottleneck_without_averaging)
+    monkeypatch.setitem(fusion_module.LAYER_KINDS, "bottleneck", dataclasses.replace(fusion_module.LAYER_KINDS["bottleneck"], run=_bottleneck_without_averaging))
     assert torch.equal(model(**x).modality_logits["audio"], model(**y).modality_logits["audio"])
 
 

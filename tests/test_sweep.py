@@ -7,12 +7,12 @@ import csv
 
 import pytest
 
-import mbt.engine.train
+import mbt.recipes.train
 from engine_fixtures import toy_config, write_toy_set
-from mbt.analysis.sweep import parse_over, run_sweep, sweep_points
 from mbt.cli import main
 from mbt.config import ConfigError
 from mbt.model.mbt import WEIGHTS_NAME
+from mbt.recipes.sweep import parse_over, run_sweep, sweep_points
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def _rows(path):
 def _forbid_training(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("a finished point was trained again")
-    monkeypatch.setattr(mbt.engine.train, "train", fail)
+    monkeypatch.setattr(mbt.recipes.train, "train", fail)
 
 
 def test_sweep_trains_every_point_writes_rows_and_plots_and_skips_them_next_time(toy, tmp_path, monkeypatch):
@@ -86,7 +86,7 @@ def test_a_half_trained_point_resumes_from_its_checkpoint(toy, tmp_path):
     out = tmp_path / "half"
     over = [parse_over("model.fusion_layer=1")]
     (point,) = sweep_points(config, over, FAST)
-    mbt.engine.train.train(point.config, out / "runs" / point.name, progress=False, stop_after_steps=1)
+    mbt.recipes.train.train(point.config, out / "runs" / point.name, progress=False, stop_after_steps=1)
     assert not (out / "runs" / point.name / WEIGHTS_NAME).exists()
 
     (row,) = run_sweep(config, over, out, overrides=FAST, progress=False)

@@ -11,10 +11,10 @@ import importlib
 import logging
 import sys
 
-from mbt.config import ConfigError
+from mbt.errors import ConfigError
 from mbt.media.decode import MediaError
 
-COMMANDS = ["demo", "train", "evaluate", "predict", "flops", "attention", "data", "convert", "sweep"]
+COMMANDS = ["demo", "train", "evaluate", "predict", "flops", "attention", "data", "convert", "sweep", "config"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,9 +1,10 @@
 """Attention inside the fusion: what the CLS and bottleneck tokens look at, layer by layer, and attention rollout.
 
-Capture. `keep_attention(model, layers)` switches the chosen layers' attention modules to the explicit
-softmax(QK^T / sqrt(d)) path, which stores its probabilities, and switches them back afterwards;
+Capture. `attention_probes(model, layers)` switches the chosen layers' attention modules to the explicit
+softmax(QK^T / sqrt(d)) path and hooks the probe their probabilities pass through, switching both back afterwards;
 `capture_attention` runs one forward pass under it and returns every captured block's head-averaged probabilities
-with the layout of its queries and keys. The layout follows the fusion schedule (`mbt.model.fusion`):
+with the layout of its queries and keys. The layout is what each fusion kind says of itself
+(`mbt.model.fusion.LAYER_KINDS`):
 
     separate    stream m's block: queries = keys = [m]
     cross       stream m's block: queries [m], keys [m; the other streams, in modality order]
@@ -38,9 +39,9 @@ import torch.nn.functional as F
 
 from mbt.model import MBT, MBTOutput
 from mbt.model.blocks import Attention
+from mbt.model.fusion import BOTTLENECK, LAYER_KINDS
 from mbt.model.tokenizers import sampled_frame_indices
 
-BOTTLENECK = "bottleneck"
 SPECTROGRAM_FRAMES_PER_S = 100.0  # both audio front ends use a 10 ms frame shift (mbt.media.preprocess)
 
 
@@ -67,7 +68,7 @@ class BlockAttention:
 
     layer: int
     kind: str  # the schedule entry: separate / cross / joint / bottleneck
-    block: str  # the stream whose block ran, or "joint"
+    block: str  # the stream whose block ran, or "joint" (mbt.model.fusion.JOINT)
     probs: torch.Tensor
     queries: list[Segment]
     keys: list[Segment]
@@ -128,20 +129,29 @@ def check_layers(model: MBT, layers: Iterable[int]) -> list[int]:
 
 
 @contextmanager
-def keep_attention(model: MBT, layers: Iterable[int] | None = None) -> Iterator[list[Attention]]:
-    """Inside the `with` statement, the attention modules of `layers` (default: all) store their probabilities in
-    `last_attention` (batch, heads, queries, keys). They compute attention the explicit way meanwhile, which gives
-    the same outputs as the fused kernel up to rounding. Afterwards they are switched back and cleared."""
+def attention_probes(model: MBT, layers: Iterable[int] | None = None
+                     ) -> Iterator[list[tuple[int, Attention, torch.Tensor]]]:
+    """Inside the `with` statement, every call of an attention module of `layers` (default: all) appends
+    (layer, module, probabilities (batch, heads, queries, keys)) to the yielded list, in call order. The modules
+    compute attention the explicit way meanwhile, which gives the same outputs as the fused kernel up to rounding;
+    afterwards they are switched back and unhooked."""
     layers = check_layers(model, range(model.config.depth) if layers is None else layers)
-    modules = [module for _, module in attention_modules(model, layers).values()]
-    for module in modules:
-        module.keep_attention = True
+    modules = attention_modules(model, layers)
+    records: list[tuple[int, Attention, torch.Tensor]] = []
+    handles = []
+    for layer, module in modules.values():
+        def record(probe, args, output, layer=layer, module=module) -> None:
+            records.append((layer, module, output.detach()))
+
+        handles.append(module.probe.register_forward_hook(record))
+        module.fused = False
     try:
-        yield modules
+        yield records
     finally:
-        for module in modules:
-            module.keep_attention = False
-            module.last_attention = None
+        for handle in handles:
+            handle.remove()
+        for _, module in modules.values():
+            module.fused = True
 
 
 @torch.no_grad()
@@ -153,20 +163,11 @@ def capture_attention(model: MBT, inputs: dict[str, torch.Tensor], layers: Itera
     layers = check_layers(model, range(cfg.depth) if layers is None else layers)
     present = tuple(m for m in cfg.modalities if inputs.get(m) is not None)
     calls: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
-    modules = attention_modules(model, layers)
-
-    def record(module: Attention, args, output) -> None:
-        # Averaged over heads right away: all heads of every layer of mbt-base would not fit in memory.
-        layer, _ = modules[id(module)]
-        calls[layer].append(module.last_attention.mean(dim=1))
-
-    handles = [module.register_forward_hook(record) for _, module in modules.values()]
-    try:
-        with keep_attention(model, layers):
-            output = model(**inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with attention_probes(model, layers) as records:
+        output = model(**inputs)
+        for layer, _, probs in records:
+            calls[layer].append(probs.mean(dim=1))  # all heads of every layer of mbt-base would not fit in memory
+        records.clear()
 
     num_bottleneck = cfg.num_bottleneck_tokens if model.encoder.bottleneck is not None else 0
     num_tokens = {m: cfg.num_tokens(m) for m in present}
@@ -174,35 +175,19 @@ def capture_attention(model: MBT, inputs: dict[str, torch.Tensor], layers: Itera
                                cfg.classifier == "token", num_bottleneck, cfg.depth, list(model.encoder.schedule))
     for layer in layers:
         kind = model.encoder.schedule[layer]
-        # The encoder calls the blocks of a layer in modality order (one call for a joint block).
-        streams = ["joint"] if kind == "joint" else list(present)
+        streams = LAYER_KINDS[kind].calls(present)
         if len(calls[layer]) != len(streams):
             raise RuntimeError(f"layer {layer} ({kind}): expected {len(streams)} attention calls, got "
                                f"{len(calls[layer])}; has the fusion encoder changed?")
         for stream, probs in zip(streams, calls[layer]):
-            queries, keys = _layout(kind, stream, present, num_tokens, num_bottleneck)
+            queries, keys = (_segments(parts) for parts in
+                             LAYER_KINDS[kind].layout(stream, present, num_tokens, num_bottleneck))
             expected = (queries[-1].stop, keys[-1].stop)
             if tuple(probs.shape[1:]) != expected:
                 raise RuntimeError(f"layer {layer} ({kind}, {stream}): attention of shape {tuple(probs.shape)}, "
                                    f"expected (batch, {expected[0]}, {expected[1]})")
             capture.blocks.append(BlockAttention(layer, kind, stream, probs, queries, keys))
     return capture
-
-
-def _layout(kind: str, stream: str, present: tuple[str, ...], num_tokens: dict[str, int],
-            num_bottleneck: int) -> tuple[list[Segment], list[Segment]]:
-    if kind == "joint":
-        both = _segments((m, num_tokens[m]) for m in present)
-        return both, both
-    own = [(stream, num_tokens[stream])]
-    if kind == "separate":
-        return _segments(own), _segments(own)
-    if kind == "cross":
-        return _segments(own), _segments(own + [(m, num_tokens[m]) for m in present if m != stream])
-    if kind == BOTTLENECK:
-        both = _segments(own + [(BOTTLENECK, num_bottleneck)])
-        return both, both
-    raise ValueError(f"unknown layer kind {kind!r}")
 
 
 def attention_rollout(capture: AttentionCapture) -> tuple[torch.Tensor, list[Segment]]:
@@ -234,7 +219,7 @@ def attention_rollout(capture: AttentionCapture) -> tuple[torch.Tensor, list[Seg
         for block in blocks:
             q, k = positions(block.queries), positions(block.keys)
             probs = block.probs.double()
-            if block.kind == BOTTLENECK:  # the streams' bottleneck outputs are averaged
+            if LAYER_KINDS[block.kind].averages_bottleneck:  # the streams' bottleneck outputs are averaged
                 share = torch.ones(len(q), 1, dtype=torch.float64)
                 b = next(s for s in block.queries if s.name == BOTTLENECK)
                 share[b.start:b.stop] = 1.0 / len(blocks)
@@ -273,31 +258,38 @@ def cls_share(block: BlockAttention, stream: str, target: str) -> float:
 
 
 def _layer_panels(capture: AttentionCapture, layer: int) -> list[_Panel]:
-    blocks = {b.block: b for b in capture.at(layer)}
+    blocks = capture.at(layer)
     kind = capture.schedule[layer]
     query_name = "CLS" if capture.has_cls else "mean token"
 
+    def block_of(stream: str) -> BlockAttention | None:
+        """The block whose queries hold `stream`'s tokens (its own block, or the joint one)."""
+        return next((b for b in blocks if any(s.name == stream for s in b.queries)), None)
+
     def own(stream: str, query: str) -> torch.Tensor | None:
-        block = blocks.get("joint", blocks.get(stream))
+        block = block_of(stream)
         found = capture.query_attention(block, query, stream) if block is not None else None
         return None if found is None else found[0]
 
+    # What the layer's layout allows, read from its blocks rather than from the kind's name
+    reads_bottleneck = any(s.name == BOTTLENECK for b in blocks for s in b.keys)
+    sees_other_stream = any(len({s.name for s in b.keys} & set(capture.modalities)) > 1 for b in blocks)
     captions = {m: f"{m} {query_name} → {m} patches" for m in capture.modalities}
-    if kind == BOTTLENECK and capture.has_cls:  # how much the CLS reads from the bottleneck instead
+    if reads_bottleneck and capture.has_cls:  # how much the CLS reads from the bottleneck instead
         for m in capture.modalities:
-            captions[m] += f"\n(bottleneck tokens get {cls_share(blocks[m], m, BOTTLENECK):.0%})"
+            captions[m] += f"\n(bottleneck tokens get {cls_share(block_of(m), m, BOTTLENECK):.0%})"
     panels = [_Panel(f"layer {layer} ({kind})\n{query_name} → own patches",
                      {m: own(m, m) for m in capture.modalities}, captions)]
-    if kind == BOTTLENECK:
+    if reads_bottleneck:
         panels.append(_Panel(f"layer {layer} ({kind})\nbottleneck tokens\n(mean of {capture.num_bottleneck_tokens})",
                              {m: own(m, BOTTLENECK) for m in capture.modalities},
                              {m: f"bottleneck → {m} patches ({m} block)" for m in capture.modalities}))
-    if kind in ("cross", "joint") and len(capture.modalities) == 2:
+    if sees_other_stream and len(capture.modalities) == 2:
         a, b = capture.modalities
         other = {a: b, b: a}
 
         def cross(target: str) -> torch.Tensor | None:
-            block = blocks.get("joint", blocks.get(other[target]))
+            block = block_of(other[target])
             found = capture.query_attention(block, other[target], target) if block is not None else None
             return None if found is None else found[0]
 

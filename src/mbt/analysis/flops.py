@@ -8,13 +8,12 @@ numbers ~0.8% above ours for the same computation.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from mbt.config import MBTConfig
+from mbt.model.config import MBTConfig
 
 
 @dataclass
@@ -47,24 +46,21 @@ def count_flops(cfg: MBTConfig, batch_size: int = 1) -> FlopReport:
         inputs = {m: torch.empty(batch_size, *cfg.input_shape(m)) for m in cfg.modalities}
     total, per_module = _count(model, inputs)
 
-    per_modality = {}
-    for m in cfg.modalities:
-        pattern = re.compile(rf"MBT\.(tokenizers\.{m}|encoder\.streams\.{m}\.\d+)$")
-        per_modality[m] = sum(v for k, v in per_module.items() if pattern.match(k))
-    if cfg.share_weights:
-        per_modality["joint"] = sum(v for k, v in per_module.items() if re.match(r"MBT\.encoder\.shared\.\d+$", k))
+    # Each stream's tokenizer and blocks are its own; shared blocks are counted under "joint" (the model says which
+    # module belongs to which stream, so this needs no knowledge of its layout)
+    owners = {f"MBT.{name}": stream for name, stream in model.module_owners().items()}
+    per_modality = {m: 0.0 for m in cfg.modalities}
+    for name, gmacs in per_module.items():
+        if name in owners:
+            per_modality[owners[name]] = per_modality.get(owners[name], 0.0) + gmacs
 
     unimodal = {}
     if len(cfg.modalities) > 1:
         for m in cfg.modalities:
             unimodal[m], _ = _count(model, {m: inputs[m]})
 
-    params_per_modality = {
-        m: sum(p.numel() for name, p in model.named_parameters()
-               if re.match(rf"(tokenizers|pos_embed|cls_token|encoder\.streams)\.{m}\.", name)
-               or name in (f"pos_embed.{m}", f"cls_token.{m}"))
-        for m in cfg.modalities}
-    if cfg.share_weights:
-        params_per_modality["joint"] = sum(p.numel() for p in model.encoder.shared.parameters())
+    params_per_modality = {m: 0 for m in cfg.modalities}
+    for name, stream in model.parameter_owners().items():
+        params_per_modality[stream] = params_per_modality.get(stream, 0) + model.get_parameter(name).numel()
     params = sum(p.numel() for p in model.parameters())
     return FlopReport(total, params, per_modality, params_per_modality, unimodal)

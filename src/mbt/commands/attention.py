@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from mbt.engine.evaluate import load_for_inference
     from mbt.engine.predict import scores_from_logits
     from mbt.media.decode import probe
+    from mbt.model.fusion import describe_fusion
 
     log = logging.getLogger("mbt.attention")
     if args.frames < 1:
@@ -68,9 +69,7 @@ def run(args: argparse.Namespace) -> int:
     names = preprocessor.cfg.class_names or [str(i) for i in range(cfg.num_classes)]
     _, scores, offset = scores_from_logits(capture.output.logits[0].float(), model)[0]
     best = int(torch.argmax(scores))
-    fusion = ("late fusion" if cfg.fusion_layer >= cfg.depth else
-              f"{cfg.fusion} fusion from layer {cfg.fusion_layer} of {cfg.depth}"
-              + (f", {cfg.num_bottleneck_tokens} bottleneck tokens" if cfg.fusion == "bottleneck" else ""))
+    fusion = describe_fusion(cfg)
     title = (f"{args.video}\nmodel {args.checkpoint}: {fusion}; prediction {names[offset + best]} "
              f"({float(scores[best]):.2f})")
     out = plot_attention_maps(model, capture, inputs, args.out, layers=layers, rollout=args.rollout,

@@ -24,14 +24,14 @@ class _IntermixedParser(argparse.ArgumentParser):
 
 
 def _model_overrides(items: list[str]) -> dict:
-    from mbt.config import ConfigError, parse_value
+    from mbt.config import ConfigError, split_override
 
     out = {}
     for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key.startswith("model."):
-            raise ConfigError(f"--set {item!r}: expected model.<key>=value")
-        out[key[len("model."):]] = parse_value(text)
+        section, key, value = split_override(item)
+        if section != "model":
+            raise ConfigError(f"--set {item!r}: a checkpoint conversion takes model.<key>=value only")
+        out[key] = value
     return out
 
 
@@ -55,12 +55,11 @@ def run_vit(args: argparse.Namespace) -> int:
     from mbt import MBT
     from mbt.config import load_config
     from mbt.interop.vit import init_from_vit, summarize
-    from mbt.media.preprocess import PreprocessorConfig
 
     cfg = load_config(args.config, args.set)
     model = MBT(cfg.model)
     report = init_from_vit(model, args.weights, video_kernel_init=args.video_kernel_init, audio_cls=args.audio_cls)
-    out = model.save_pretrained(args.out, preprocessing=PreprocessorConfig.from_config(cfg).to_dict())
+    out = model.save_pretrained(args.out, preprocessing=cfg.preprocessor())
     (out / "vit_init.json").write_text(json.dumps(report, indent=1) + "\n")
     print(summarize(report))
     print(f"wrote {out}")

@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import time
 
-    from mbt.engine.demo import format_table, run_demo
+    from mbt.recipes.demo import format_table, run_demo
 
     started = time.time()
     rows = run_demo(args.out, quick=args.quick, progress=not args.no_progress)

@@ -19,17 +19,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from mbt.analysis.flops import count_flops
     from mbt.config import load_config
+    from mbt.model.fusion import describe_fusion
 
     cfg = load_config(args.config, args.overrides).model
     report = count_flops(cfg)
     if args.json:
         print(json.dumps(report.to_dict()))
         return 0
-    exchange = "late (none)" if cfg.fusion_layer == cfg.depth else (
-        f"{cfg.fusion} from layer {cfg.fusion_layer} of {cfg.depth}"
-        + (f", {cfg.num_bottlenecks} bottlenecks" if cfg.fusion == "bottleneck" else "")
-        + (", shared weights" if cfg.share_weights else ""))
-    print(f"{args.config}: fusion {exchange}")
+    print(f"{args.config}: {describe_fusion(cfg)}")
     print(f"{'':12s}{'GFLOPs':>10s}{'params':>14s}")
     for m, g in report.per_modality.items():
         print(f"{m:12s}{g:10.1f}{report.params_per_modality.get(m, 0):14,d}")

@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mbt.analysis.sweep import parse_over, run_sweep
+    from mbt.recipes.sweep import parse_over, run_sweep
 
     modality_sets = None
     if args.modalities:

@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mbt.config import load_config
-    from mbt.engine.train import train
+    from mbt.recipes.train import train
 
     cfg = load_config(args.config, args.overrides)
     result = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)

@@ -15,26 +15,20 @@ from __future__ import annotations
 import difflib
 import math
 from collections import Counter
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import av
 import numpy as np
-import torch
-from tqdm import tqdm
 
 from mbt.config import Config, build_config
 from mbt.data.manifest import ManifestRow, read_classes, read_manifest
+from mbt.data.parallel import map_with_progress
 from mbt.media.decode import AUDIO_GAP_S, PAD_TOLERANCE_S, MediaError, decode_clip, open_media, probe
-from mbt.media.preprocess import SILENCE_PEAK, PreprocessorConfig
-
-T = TypeVar("T")
-R = TypeVar("R")
+from mbt.media.preprocess import SILENCE_PEAK
+from mbt.media.settings import PreprocessorConfig
 
 SILENCE_RMS_DB = -60.0  # an audio window quieter than this (RMS, dBFS) is silent too
 STILL_LEVELS = 8  # a window whose pixels all stay within this many levels of its first frame is still
@@ -60,38 +54,6 @@ LABEL_PROBLEMS = {
     "label_count": "not one label per class split",
     "no_rows": "a manifest with a header and no rows",
 }
-
-
-# ==================================================================== parallel map
-def _worker_init() -> None:
-    # each process decodes one file at a time; more threads per process would only oversubscribe the cores
-    torch.set_num_threads(1)
-
-
-def map_with_progress(fn: Callable[[T], R], items: Sequence[T], *, jobs: int, desc: str,
-                      progress: bool = True) -> list[R]:
-    """[fn(item) for item in items] with a progress bar, in `jobs` processes when jobs > 1 (results in order).
-
-    Processes are spawned, not forked: a forked child of a process whose torch already started threads can hang.
-    `fn` must be picklable (a module-level function, or a functools.partial of one).
-    """
-    bar = tqdm(total=len(items), desc=desc, unit="file", disable=not progress, dynamic_ncols=True)
-    try:
-        if jobs <= 1 or len(items) <= 1:
-            results = []
-            for item in items:
-                results.append(fn(item))
-                bar.update()
-            return results
-        with ProcessPoolExecutor(max_workers=min(jobs, len(items)), mp_context=get_context("spawn"),
-                                 initializer=_worker_init) as pool:
-            results = []
-            for result in pool.map(fn, items, chunksize=max(1, len(items) // (jobs * 32))):
-                results.append(result)
-                bar.update()
-            return results
-    finally:
-        bar.close()
 
 
 # ==================================================================== one file
@@ -386,7 +348,7 @@ def check_manifest(manifest: str | Path, cfg: Config | None = None, *, classes: 
     `classes` (a classes file), check the labels against it; `check_label_count` also checks the number of labels
     a row has against cfg's model.multi_label / class_splits."""
     cfg = cfg or build_config()
-    window = PreprocessorConfig.from_config(cfg)
+    window = cfg.preprocessor()
     rows = read_manifest(manifest)
     report = CheckReport(len(rows), manifest=str(manifest))
     if not rows:

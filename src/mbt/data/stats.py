@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from mbt.config import Config, build_config
-from mbt.data.check import map_with_progress
 from mbt.data.manifest import read_manifest
+from mbt.data.parallel import map_with_progress
 from mbt.media.decode import MediaError, decode_clip
-from mbt.media.preprocess import Preprocessor, PreprocessorConfig
+from mbt.media.preprocess import Preprocessor
+from mbt.media.settings import PreprocessorConfig
 
 log = logging.getLogger("mbt.data")
 
@@ -77,7 +78,7 @@ def spectrogram_stats(manifest: str | Path, cfg: Config | None = None, *, max_cl
     if max_clips < 1:
         raise ValueError(f"--max-clips must be >= 1, got {max_clips}")
     # mean 0 / std 1 turns the preprocessor's normalisation off: the statistics are of the raw front end
-    window = dataclasses.replace(PreprocessorConfig.from_config(cfg or build_config()), spec_mean=0.0, spec_std=1.0)
+    window = (cfg or build_config()).preprocessor().replace(spec_mean=0.0, spec_std=1.0)
     rows = read_manifest(manifest)
     if len(rows) > max_clips:
         rows = [rows[i] for i in sorted(random.Random(seed).sample(range(len(rows)), max_clips))]

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import av
 
-from mbt.data.check import map_with_progress
 from mbt.data.manifest import ManifestRow, read_manifest, write_manifest
+from mbt.data.parallel import map_with_progress
 from mbt.media.decode import DECODER_ERRORS, MediaError, open_media
 
 log = logging.getLogger("mbt.data")

@@ -18,7 +18,7 @@ from mbt.data.datasets import ClipDataset, collate
 from mbt.data.manifest import read_manifest
 from mbt.engine import distributed as D
 from mbt.engine.metrics import classification_metrics, write_per_class_ap
-from mbt.media.preprocess import Preprocessor, PreprocessorConfig
+from mbt.media.preprocess import Preprocessor
 from mbt.model import MBT
 
 log = logging.getLogger("mbt.evaluate")
@@ -99,7 +99,7 @@ def load_for_inference(checkpoint: str | Path, device: torch.device | str = "cpu
     if model.preprocessing is None:
         raise FileNotFoundError(f"{checkpoint}: no preprocessor.json; the model's input preprocessing is unknown "
                                 "(re-save it with `save_pretrained(dir, preprocessing=...)`)")
-    return model, Preprocessor(PreprocessorConfig.from_dict(model.preprocessing))
+    return model, Preprocessor(model.preprocessing)
 
 
 def evaluate_checkpoint(checkpoint: str | Path, manifest: str | Path, *, num_clips: int = 4, num_crops: int = 1,

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mbt.config import MBTConfig
 from mbt.model import MBTOutput
+from mbt.model.config import MBTConfig
 
 
 def dense_targets(target: torch.Tensor, cfg: MBTConfig) -> torch.Tensor:

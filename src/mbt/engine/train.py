@@ -1,5 +1,6 @@
-"""The training recipe: a readable loop that wires the components (datasets, model, losses, mixup, optimiser,
-schedule, checkpoints, distributed samplers). Runs the same under `python`, `mbt train` and `torchrun`.
+"""The pieces of a training run, each readable and testable alone: `setup_run` (data, model, optimiser, schedule),
+`restore` / `save_state` (checkpoints), `epoch_loader`, `micro_step` (forward + backward of one batch),
+`optimizer_step`, `validate` and `finish`. The loop that wires them is the recipe `mbt.recipes.train`.
 
 Exact resume: the data order and every clip's augmentation are functions of (seed, epoch, index); the global RNG
 (stochastic depth), the mixup generator, the optimiser and the position inside the epoch are checkpointed.
@@ -10,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from mbt.config import Config
 from mbt.data.cache import InMemoryClips
@@ -30,23 +29,13 @@ from mbt.engine.evaluate import evaluate_dataset
 from mbt.engine.losses import dense_targets, mbt_loss
 from mbt.engine.mixup import mixup
 from mbt.engine.schedule import warmup_cosine
-from mbt.media.preprocess import Preprocessor, PreprocessorConfig
+from mbt.media.preprocess import Preprocessor
 from mbt.model import MBT
 
 log = logging.getLogger("mbt.train")
 
 RUN_CONFIG = "train_config.yaml"
 METRICS_LOG = "metrics.jsonl"
-
-
-@dataclass
-class TrainResult:
-    out_dir: Path
-    steps: int
-    history: list[dict[str, Any]] = field(default_factory=list)  # one entry per evaluation
-    skipped: int = 0
-    seconds: float = 0.0
-    clips_per_second: float = 0.0
 
 
 def resolve_classes(cfg: Config) -> list[str]:
@@ -56,8 +45,7 @@ def resolve_classes(cfg: Config) -> list[str]:
     names = read_classes(cfg.data.classes)
     if cfg.model.num_classes != len(names):
         log.info("model.num_classes set to %d from %s", len(names), cfg.data.classes)
-        cfg.model.num_classes = len(names)
-        cfg.model.validate()
+        cfg.model.num_classes = len(names)  # validated on assignment
     return names
 
 
@@ -93,13 +81,6 @@ def initialise(model: MBT, source: str) -> None:
 
     report = init_from_vit(model, path)
     log.info("initialised from ViT weights %s: %s", path, report)
-
-
-def _batches(indices: list[int], batch_size: int, drop_last: bool) -> list[list[int]]:
-    batches = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
-    if drop_last and len(batches) > 1 and len(batches[-1]) < batch_size:
-        batches.pop()
-    return batches
 
 
 class MetricsLog:
@@ -139,27 +120,60 @@ def parameter_digest(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
-          stop_after_steps: int | None = None) -> TrainResult:
-    """Train `cfg` into `out_dir`, which ends up a `from_pretrained` directory plus `checkpoints/`.
+def epoch_batches(indices: list[int], batch_size: int, drop_last: bool) -> list[list[int]]:
+    batches = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
+    if drop_last and len(batches) > 1 and len(batches[-1]) < batch_size:
+        batches.pop()
+    return batches
 
-    `stop_after_steps` ends the run early, after a checkpoint, as an interruption would (tests use it).
-    """
-    info = D.setup_distributed()
-    out_dir = Path(out_dir)
-    class_names = resolve_classes(cfg)
-    tc = cfg.train
-    if tc.batch_size % info.world_size:
-        raise ValueError(f"train.batch_size {tc.batch_size} (the global batch) must be a multiple of the "
-                         f"{info.world_size} processes")
-    local_batch = tc.batch_size // info.world_size
-    if info.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(out_dir / RUN_CONFIG)
 
-    prep_cfg = PreprocessorConfig.from_config(cfg, class_names)
-    preprocessor = Preprocessor(prep_cfg)
-    model_cfg = cfg.model
+@dataclass
+class TrainState:
+    """Where a run stands; everything in it is checkpointed (with the model, optimiser and RNG states)."""
+
+    step: int = 0  # optimiser steps taken
+    epoch: int = 0  # the epoch being trained
+    batch_in_epoch: int = 0  # the next batch of that epoch
+    history: list[dict[str, Any]] = field(default_factory=list)  # one entry per evaluation
+    skipped: int = 0  # unusable training clips so far
+    last_loss: float | None = None
+
+
+@dataclass
+class Run:
+    """What `setup_run` builds: the components of one training run, wired and on their device."""
+
+    cfg: Config
+    out_dir: Path
+    info: D.DistInfo
+    model: MBT
+    ddp_model: torch.nn.Module  # the model itself, or its DistributedDataParallel wrapper
+    optimizer: torch.optim.Optimizer
+    dataset: Any  # ClipDataset, or InMemoryClips with data.cache
+    val_dataset: Any
+    sample_weights: torch.Tensor | None
+    local_batch: int
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    mix_generator: torch.Generator
+    metrics_log: MetricsLog
+    progress: bool
+    # each skipped / padded training clip logged once per run, counted by kind (take_counts() per epoch)
+    clip_log: ClipLog = field(default_factory=lambda: ClipLog(log, "training clip"))
+
+    @property
+    def num_workers(self) -> int:
+        return 0 if self.cfg.data.cache else self.cfg.train.num_workers  # cached items need no decoding processes
+
+    def autocast(self):
+        if self.cfg.train.precision == "bf16":
+            return torch.autocast(self.info.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+
+def _datasets(cfg: Config, class_names: list[str], preprocessor: Preprocessor, progress: bool):
+    tc, model_cfg = cfg.train, cfg.model
     rows = read_manifest(cfg.data.train) if cfg.data.train else None
     if not rows:
         raise ValueError("data.train: a training manifest with at least one row is needed")
@@ -174,16 +188,36 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: b
                                   class_splits=model_cfg.class_splits, num_clips=1, num_crops=1,
                                   on_missing_modality="skip")
     if cfg.data.cache:
-        dataset = InMemoryClips(dataset, num_workers=tc.num_workers, progress=progress and info.is_main)
+        dataset = InMemoryClips(dataset, num_workers=tc.num_workers, progress=progress)
         if val_dataset is not None:
-            val_dataset = InMemoryClips(val_dataset, num_workers=tc.num_workers, progress=progress and info.is_main)
-    sample_weights = D.balanced_weights([r.labels for r in rows]) if tc.balanced_sampler else None
+            val_dataset = InMemoryClips(val_dataset, num_workers=tc.num_workers, progress=progress)
+    weights = D.balanced_weights([r.labels for r in rows]) if tc.balanced_sampler else None
+    return dataset, val_dataset, weights
+
+
+def setup_run(cfg: Config, out_dir: str | Path, *, progress: bool = True) -> Run:
+    """Data, model (initialised, on its device, DDP-wrapped under torchrun), optimiser and schedule of a run."""
+    info = D.setup_distributed()
+    out_dir = Path(out_dir)
+    class_names = resolve_classes(cfg)
+    tc = cfg.train
+    if tc.batch_size % info.world_size:
+        raise ValueError(f"train.batch_size {tc.batch_size} (the global batch) must be a multiple of the "
+                         f"{info.world_size} processes")
+    local_batch = tc.batch_size // info.world_size
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(out_dir / RUN_CONFIG)
+
+    prep_cfg = cfg.preprocessor(class_names)
+    dataset, val_dataset, sample_weights = _datasets(cfg, class_names, Preprocessor(prep_cfg),
+                                                     progress and info.is_main)
 
     torch.manual_seed(tc.seed)  # the same initial weights on every rank
-    model = MBT(model_cfg)
+    model = MBT(cfg.model)
     if tc.init_from:
         initialise(model, tc.init_from)
-    model.preprocessing = prep_cfg.to_dict()
+    model.preprocessing = prep_cfg
     model.to(info.device)
     ddp_model = model
     if info.enabled:
@@ -191,135 +225,135 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: b
             model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
     optimizer = make_optimizer(model, cfg)
 
-    batches_per_epoch = len(_batches(D.shard_indices(len(dataset), 0, tc.seed, info, shuffle=True),
-                                     local_batch, drop_last=True))
+    batches_per_epoch = len(epoch_batches(D.shard_indices(len(dataset), 0, tc.seed, info, shuffle=True),
+                                          local_batch, drop_last=True))
     steps_per_epoch = max(batches_per_epoch // tc.grad_accum, 1)
-    total_steps = steps_per_epoch * tc.epochs
-    warmup_steps = round(tc.warmup_epochs * steps_per_epoch)
     mix_generator = torch.Generator().manual_seed(tc.seed + 7919 * (info.rank + 1))
     torch.manual_seed(tc.seed + info.rank)  # stochastic depth differs per rank
+    return Run(cfg=cfg, out_dir=out_dir, info=info, model=model, ddp_model=ddp_model, optimizer=optimizer,
+               dataset=dataset, val_dataset=val_dataset, sample_weights=sample_weights, local_batch=local_batch,
+               steps_per_epoch=steps_per_epoch, total_steps=steps_per_epoch * tc.epochs,
+               warmup_steps=round(tc.warmup_epochs * steps_per_epoch), mix_generator=mix_generator,
+               metrics_log=MetricsLog(out_dir, info.is_main), progress=progress)
 
-    step, start_epoch, start_batch = 0, 0, 0
-    history: list[dict[str, Any]] = []
-    skipped_total = 0
-    if resume:
-        found = list_checkpoints(out_dir)
-        if not found:
-            log.warning("--resume: no checkpoint in %s; starting from scratch", out_dir / "checkpoints")
-        else:
-            state = load_checkpoint(found[-1])
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            step, start_epoch, start_batch = state["step"], state["epoch"], state["batch_in_epoch"]
-            history, skipped_total = state["history"], state["skipped"]
-            torch.set_rng_state(state["rng"][info.rank])
-            mix_generator.set_state(state["mix_rng"][info.rank])
-            log.info("resumed from %s (step %d, epoch %d, batch %d)", found[-1], step, start_epoch, start_batch)
 
-    metrics_log = MetricsLog(out_dir, info.is_main)
-    autocast = (torch.autocast(info.device.type, dtype=torch.bfloat16) if tc.precision == "bf16" else nullcontext())
-    started, clips_seen = time.time(), 0
-    stopped_early = False
-    last_loss = float("nan")
+def restore(run: Run) -> TrainState:
+    """The state of the newest checkpoint in the run's folder, loaded into the run (a fresh state if none)."""
+    found = list_checkpoints(run.out_dir)
+    if not found:
+        log.warning("--resume: no checkpoint in %s; starting from scratch", run.out_dir / "checkpoints")
+        return TrainState()
+    saved = load_checkpoint(found[-1])
+    run.model.load_state_dict(saved["model"])
+    run.optimizer.load_state_dict(saved["optimizer"])
+    torch.set_rng_state(saved["rng"][run.info.rank])
+    run.mix_generator.set_state(saved["mix_rng"][run.info.rank])
+    state = TrainState(step=saved["step"], epoch=saved["epoch"], batch_in_epoch=saved["batch_in_epoch"],
+                       history=saved["history"], skipped=saved["skipped"])
+    log.info("resumed from %s (step %d, epoch %d, batch %d)", found[-1], state.step, state.epoch,
+             state.batch_in_epoch)
+    return state
 
-    def checkpoint(epoch: int, batch_in_epoch: int) -> None:
-        rng = D.gather_objects(torch.get_rng_state(), info)
-        mix_rng = D.gather_objects(mix_generator.get_state(), info)
-        if info.is_main:
-            save_checkpoint(out_dir, step, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "epoch": epoch,
-                "batch_in_epoch": batch_in_epoch, "rng": rng, "mix_rng": mix_rng, "history": history,
-                "skipped": skipped_total, "config": cfg.to_dict(),
-            }, keep=tc.keep_checkpoints)
-        D.barrier(info)
 
-    clip_log = ClipLog(log, "training clip")
-    for epoch in range(start_epoch, tc.epochs):
-        dataset.set_epoch(epoch)
-        indices = D.shard_indices(len(dataset), epoch, tc.seed, info, shuffle=True, weights=sample_weights)
-        batches = _batches(indices, local_batch, drop_last=True)[: steps_per_epoch * tc.grad_accum]
-        first = start_batch if epoch == start_epoch else 0
-        workers = 0 if cfg.data.cache else tc.num_workers  # cached items need no decoding processes
-        # its own generator: a DataLoader would otherwise draw its worker seed from the global RNG, which would
-        # then differ between an uninterrupted and a resumed run (items draw their randomness from the epoch)
-        loader = DataLoader(dataset, batch_sampler=batches[first:], num_workers=workers, collate_fn=collate,
-                            generator=torch.Generator().manual_seed(tc.seed))
-        model.train()
-        bar = tqdm(loader, total=len(batches) - first, desc=f"epoch {epoch + 1}/{tc.epochs}",
-                   disable=not (progress and info.is_main), leave=False, dynamic_ncols=True)
-        for batch_index, batch in enumerate(bar, start=first):
-            clip_log.record(batch)  # each skipped / padded clip logged once per run, counted by kind
-            skipped_total += len(batch["skipped"])
-            last_micro = (batch_index + 1) % tc.grad_accum == 0
-            usable = batch["target"] is not None
-            if info.enabled:  # every process must join the same all-reduces: skip a batch together
-                usable = D.all_reduce_sum(0.0 if usable else 1.0, info) == 0
-            if usable:
-                inputs = {m: x.to(info.device, non_blocking=True) for m, x in batch["inputs"].items()}
-                target = dense_targets(batch["target"], model_cfg).to(info.device)
-                inputs, targets = mixup(inputs, target, tc.mixup_alpha, per_modality=tc.mixup_per_modality,
-                                        generator=mix_generator)
-                sync = ddp_model.no_sync() if info.enabled and not last_micro else nullcontext()
-                with sync:
-                    with autocast:
-                        loss = mbt_loss(ddp_model(**inputs), targets, model_cfg, tc.label_smoothing)
-                    if not torch.isfinite(loss):
-                        names = [str(dataset.rows[r].path) for r in batch["row"].tolist()]
-                        raise FloatingPointError(
-                            f"non-finite loss {loss.item()} at step {step} (epoch {epoch + 1}, batch "
-                            f"{batch_index}); clips: {names[:8]}")
-                    (loss / tc.grad_accum).backward()
-                last_loss = loss.item()
-                clips_seen += len(batch["row"]) * info.world_size
-            elif batch["target"] is not None:
-                log.warning("batch %d dropped: another process had no usable clip in it", batch_index)
-            if not last_micro:
-                continue
-            lr = tc.lr * warmup_cosine(step, total_steps, warmup_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip) if tc.grad_clip > 0
-                         else None)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            rate = clips_seen / max(time.time() - started, 1e-9)
-            bar.set_postfix(loss=f"{last_loss:.4f}", clips_s=f"{rate:.1f}")
-            record = {"step": step, "epoch": epoch + 1, "loss": last_loss, "lr": lr, "clips_per_s": rate}
-            if grad_norm is not None:
-                record["grad_norm"] = float(grad_norm)
-            metrics_log.write(record)
-            end_of_epoch = batch_index == len(batches) - 1
-            if step % tc.checkpoint_every == 0 and not end_of_epoch:
-                checkpoint(epoch, batch_index + 1)
-            if stop_after_steps is not None and step >= stop_after_steps:
-                stopped_early = True
-                break
-        bar.close()
-        if stopped_early:
-            checkpoint(epoch, batch_index + 1)
-            break
-        if val_dataset is not None and ((epoch + 1) % tc.eval_every_epochs == 0 or epoch + 1 == tc.epochs):
-            result = evaluate_dataset(model, val_dataset, batch_size=local_batch, num_workers=workers,
-                                      info=info, progress=progress)
-            entry = {"step": step, "epoch": epoch + 1, **{f"val_{k}": v for k, v in result.metrics.items()
-                                                          if isinstance(v, (int, float))}}
-            history.append(entry)
-            metrics_log.write(entry)
-            if info.is_main:
-                log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k}={v:.4g}" for k, v in entry.items()
-                                                             if isinstance(v, float)))
-        checkpoint(epoch + 1, 0)
+def save_state(run: Run, state: TrainState) -> None:
+    """A checkpoint of everything exact resume needs (every rank's RNG states, gathered on rank 0)."""
+    rng = D.gather_objects(torch.get_rng_state(), run.info)
+    mix_rng = D.gather_objects(run.mix_generator.get_state(), run.info)
+    if run.info.is_main:
+        save_checkpoint(run.out_dir, state.step, {
+            "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(), "step": state.step,
+            "epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch, "rng": rng, "mix_rng": mix_rng,
+            "history": state.history, "skipped": state.skipped, "config": run.cfg.to_dict(),
+        }, keep=run.cfg.train.keep_checkpoints)
+    D.barrier(run.info)
 
+
+def epoch_loader(run: Run, epoch: int, first_batch: int) -> tuple[DataLoader, int]:
+    """The epoch's batches from `first_batch` on, and the epoch's number of batches."""
+    tc = run.cfg.train
+    run.dataset.set_epoch(epoch)
+    indices = D.shard_indices(len(run.dataset), epoch, tc.seed, run.info, shuffle=True, weights=run.sample_weights)
+    batches = epoch_batches(indices, run.local_batch, drop_last=True)[: run.steps_per_epoch * tc.grad_accum]
+    # its own generator: a DataLoader would otherwise draw its worker seed from the global RNG, which would
+    # then differ between an uninterrupted and a resumed run (items draw their randomness from the epoch)
+    loader = DataLoader(run.dataset, batch_sampler=batches[first_batch:], num_workers=run.num_workers,
+                        collate_fn=collate, generator=torch.Generator().manual_seed(tc.seed))
+    return loader, len(batches)
+
+
+def micro_step(run: Run, batch: dict[str, Any], state: TrainState, *, sync: bool) -> int:
+    """Forward and backward of one (micro-)batch, gradients scaled for accumulation; returns the clips used.
+
+    Unusable clips are logged and counted. Under DDP every process must join the same all-reduces, so a batch
+    that some process cannot use is skipped by all. `sync=False` accumulates without the all-reduce.
+    """
+    tc, info = run.cfg.train, run.info
+    run.clip_log.record(batch)
+    state.skipped += len(batch["skipped"])
+    usable = batch["target"] is not None
+    if info.enabled:
+        usable = D.all_reduce_sum(0.0 if usable else 1.0, info) == 0
+        if not usable and batch["target"] is not None:
+            log.warning("batch dropped: another process had no usable clip in it")
+    if not usable:
+        return 0
+    inputs = {m: x.to(info.device, non_blocking=True) for m, x in batch["inputs"].items()}
+    target = dense_targets(batch["target"], run.cfg.model).to(info.device)
+    inputs, targets = mixup(inputs, target, tc.mixup_alpha, per_modality=tc.mixup_per_modality,
+                            generator=run.mix_generator)
+    with run.ddp_model.no_sync() if info.enabled and not sync else nullcontext():
+        with run.autocast():
+            loss = mbt_loss(run.ddp_model(**inputs), targets, run.cfg.model, tc.label_smoothing)
+        if not torch.isfinite(loss):
+            names = [str(run.dataset.rows[r].path) for r in batch["row"].tolist()]
+            raise FloatingPointError(f"non-finite loss {loss.item()} at step {state.step} (epoch {state.epoch + 1}); "
+                                     f"clips: {names[:8]}")
+        (loss / tc.grad_accum).backward()
+    state.last_loss = loss.item()
+    return len(batch["row"]) * info.world_size
+
+
+def optimizer_step(run: Run, state: TrainState) -> dict[str, Any]:
+    """Schedule, clip, step; returns the step's metrics record."""
+    tc = run.cfg.train
+    lr = tc.lr * warmup_cosine(state.step, run.total_steps, run.warmup_steps)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    grad_norm = (torch.nn.utils.clip_grad_norm_(run.model.parameters(), tc.grad_clip) if tc.grad_clip > 0
+                 else None)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    state.step += 1
+    record: dict[str, Any] = {"step": state.step, "epoch": state.epoch + 1, "loss": state.last_loss, "lr": lr}
+    if grad_norm is not None:
+        record["grad_norm"] = float(grad_norm)
+    return record
+
+
+def validate(run: Run, state: TrainState) -> dict[str, Any]:
+    """data.val with one centre clip; the entry joins the history and the metrics log."""
+    result = evaluate_dataset(run.model, run.val_dataset, batch_size=run.local_batch, num_workers=run.num_workers,
+                              info=run.info, progress=run.progress)
+    entry = {"step": state.step, "epoch": state.epoch + 1,
+             **{f"val_{k}": v for k, v in result.metrics.items() if isinstance(v, (int, float))}}
+    state.history.append(entry)
+    run.metrics_log.write(entry)
+    if run.info.is_main:
+        log.info("epoch %d: %s", state.epoch + 1,
+                 ", ".join(f"{k}={v:.4g}" for k, v in entry.items() if isinstance(v, float)))
+    return entry
+
+
+def finish(run: Run, state: TrainState, *, save_model: bool) -> None:
+    """Checks the replicas agree (DDP), writes the from_pretrained files, releases the process group."""
+    info = run.info
     if info.enabled:  # a cheap guard against silently diverged replicas
-        hashes = D.gather_objects(parameter_digest(model), info)
-        metrics_log.write({"step": step, "rank_parameter_hashes": hashes})
+        hashes = D.gather_objects(parameter_digest(run.model), info)
+        run.metrics_log.write({"step": state.step, "rank_parameter_hashes": hashes})
         if len(set(hashes)) > 1:
             raise RuntimeError(f"the {info.world_size} processes ended with different parameters: {hashes}")
-    if info.is_main and not stopped_early:
-        model.save_pretrained(out_dir)
+    if info.is_main and save_model:
+        run.model.save_pretrained(run.out_dir)
     D.barrier(info)
     D.cleanup(info)
-    metrics_log.close()
-    seconds = time.time() - started
-    return TrainResult(out_dir, step, history, skipped_total, seconds, clips_seen / max(seconds, 1e-9))
+    run.metrics_log.close()

@@ -22,98 +22,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from mbt.config import ConfigError, MBTConfig
+from mbt.errors import ConfigError
+from mbt.interop.flax import LeafPool, dense_weight, flax_block, load_into, squarest_split
 from mbt.interop.msgpack_tree import CheckpointError, checkpoint_bytes, flatten, params_subtree, unpack_state
+from mbt.media.settings import PreprocessorConfig
 from mbt.model import MBT
+from mbt.model.config import MBTConfig
 
 log = logging.getLogger(__name__)
 
 RELEASED_DEPTH, RELEASED_FUSION_LAYER = 12, 8  # ViT-B released checkpoints; third-party inference config
 CONVERSION_NAME = "conversion.json"
 AUDIOSET_CLASSES = 527
-# What the tree decides; an override that disagrees with it is an error.
-INFERRED_FIELDS = ("modalities", "depth", "width", "num_heads", "mlp_dim", "fusion", "num_bottlenecks",
-                   "share_weights", "classifier", "num_classes", "patch_size", "tubelet_size", "spec_patch",
-                   "video_tokenizer")
 # The full-size grids of the official inputs, preferred when a token count allows them.
 OFFICIAL_SIDE, OFFICIAL_MEL_BINS = 224, 128
-
-
-# ==================================================================== Flax -> PyTorch layout rules
-class LeafPool:
-    """The leaves of a weight file, each to be used exactly once: a missing leaf and a leaf left over are errors
-    that name it."""
-
-    def __init__(self, leaves: dict[str, np.ndarray], source: str):
-        self.leaves = dict(leaves)
-        self.source = source
-        self.used: set[str] = set()
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.leaves
-
-    def take(self, key: str) -> np.ndarray:
-        if key not in self.leaves:
-            raise CheckpointError(f"{self.source}: missing leaf {key}")
-        if key in self.used:
-            raise CheckpointError(f"{self.source}: leaf {key} would be used twice")
-        self.used.add(key)
-        return self.leaves[key]
-
-    def unused(self) -> list[str]:
-        return sorted(set(self.leaves) - self.used)
-
-
-def dense_weight(kernel: np.ndarray) -> np.ndarray:
-    """Flax Dense kernel (in, out) -> torch Linear weight (out, in)."""
-    return kernel.T
-
-
-def flax_block(take: Callable[[str], np.ndarray], prefix: str, *, attention: str = "MultiHeadDotProductAttention_0",
-               norms: tuple[str, str] = ("LayerNorm_0", "LayerNorm_1"), mlp: str = "MlpBlock_0") -> dict[str, np.ndarray]:
-    """One Flax encoder block -> our `Block` state dict (names as timm's).
-
-    scenic and big_vision name the sub-modules MultiHeadDotProductAttention_0 / LayerNorm_1 / MlpBlock_0; the
-    original vit_jax checkpoints MultiHeadDotProductAttention_1 / LayerNorm_2 / MlpBlock_3.
-    Attention kernels (D, H, Dh) become (H*Dh, D) rows, head h in rows h*Dh:(h+1)*Dh as our head split expects.
-    """
-    a = f"{prefix}/{attention}"
-    qkv = [take(f"{a}/{n}/kernel") for n in ("query", "key", "value")]
-    out = take(f"{a}/out/kernel")  # (H, Dh, D)
-    return {
-        "norm1.weight": take(f"{prefix}/{norms[0]}/scale"),
-        "norm1.bias": take(f"{prefix}/{norms[0]}/bias"),
-        "attn.qkv.weight": np.concatenate([k.reshape(k.shape[0], -1).T for k in qkv]),
-        "attn.qkv.bias": np.concatenate([take(f"{a}/{n}/bias").reshape(-1) for n in ("query", "key", "value")]),
-        "attn.proj.weight": out.reshape(-1, out.shape[-1]).T,
-        "attn.proj.bias": take(f"{a}/out/bias"),
-        "norm2.weight": take(f"{prefix}/{norms[1]}/scale"),
-        "norm2.bias": take(f"{prefix}/{norms[1]}/bias"),
-        "mlp.fc1.weight": dense_weight(take(f"{prefix}/{mlp}/Dense_0/kernel")),
-        "mlp.fc1.bias": take(f"{prefix}/{mlp}/Dense_0/bias"),
-        "mlp.fc2.weight": dense_weight(take(f"{prefix}/{mlp}/Dense_1/kernel")),
-        "mlp.fc2.bias": take(f"{prefix}/{mlp}/Dense_1/bias"),
-    }
-
-
-def load_into(model: MBT, state: dict[str, np.ndarray | torch.Tensor], source: str,
-              origins: dict[str, str] | None = None) -> None:
-    """Copy `state` into `model` (a subset of its parameters), checking names, shapes and float32."""
-    own = model.state_dict()
-    with torch.no_grad():
-        for key, value in state.items():
-            where = f"{source}: {origins[key]} -> {key}" if origins and key in origins else f"{source}: {key}"
-            if key not in own:
-                raise CheckpointError(f"{where}: the model has no parameter {key}")
-            tensor = torch.from_numpy(np.array(value)) if isinstance(value, np.ndarray) else value
-            if tuple(tensor.shape) != tuple(own[key].shape):
-                raise CheckpointError(f"{where}: shape {tuple(tensor.shape)} does not fit the model's "
-                                      f"{tuple(own[key].shape)}")
-            if tensor.dtype != torch.float32:
-                raise CheckpointError(f"{where}: dtype {tensor.dtype}, expected float32")
-            own[key].copy_(tensor)
 
 
 # ==================================================================== config inference
@@ -121,12 +44,6 @@ def _blocks(leaves: dict[str, np.ndarray], suffix: str) -> list[int]:
     """Layer indices of the `Transformer/encoderblock_<l><suffix>` blocks present."""
     pattern = re.compile(rf"Transformer/encoderblock_(\d+){suffix}/.+")
     return sorted({int(m.group(1)) for key in leaves if (m := pattern.fullmatch(key))})
-
-
-def squarest_split(n: int) -> tuple[int, int]:
-    """(rows, cols) with rows * cols == n, rows <= cols and as close as possible: 4 -> 2x2, 6 -> 2x3, 7 -> 1x7."""
-    rows = max(d for d in range(1, math.isqrt(n) + 1) if n % d == 0)
-    return rows, n // rows
 
 
 def _video_grid(tokens: int, patch: int, steps: int | None, side: int | None, what: str,
@@ -379,16 +296,14 @@ def _convert(path: str | Path, raw: bytes, overrides: dict[str, Any]) -> MBT:
     return model.eval()
 
 
-def scenic_preprocessing(cfg: MBTConfig) -> dict[str, Any]:
+def scenic_preprocessing(cfg: MBTConfig) -> PreprocessorConfig:
     """What is known of the official input pipeline, as a `preprocessor.json`: rgb in [-1, 1], 25 fps at stride 2,
     100 spectrogram frames a second of 128 mel bins normalised with (x - 1.102) / 2.762. The official log-mel
     front end was never released; `logmel` is the closest of ours (see conversion.json's notes)."""
     from mbt.config import Config, DataConfig
-    from mbt.media.preprocess import PreprocessorConfig
 
     data = DataConfig(fps=25.0, frame_stride=2, normalisation="scenic", audio_frontend="logmel")
-    data.validate()
-    return PreprocessorConfig.from_config(Config(model=cfg, data=data)).to_dict()
+    return Config(model=cfg, data=data).preprocessor()
 
 
 def convert_scenic(path: str | Path, out_dir: str | Path, **overrides: Any) -> Path:

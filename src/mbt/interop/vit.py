@@ -34,10 +34,10 @@ import numpy as np
 import scipy.ndimage
 import torch
 
-from mbt.config import MODALITY_KINDS
+from mbt.interop.flax import LeafPool, flax_block, load_into, squarest_split
 from mbt.interop.msgpack_tree import CheckpointError
-from mbt.interop.scenic import LeafPool, flax_block, load_into, squarest_split
 from mbt.model import MBT
+from mbt.model.config import MODALITY_KINDS
 
 log = logging.getLogger(__name__)
 

@@ -1,140 +1,23 @@
 """From a media file to model inputs: decode a clip, then the video transforms and the audio front end.
 
-`PreprocessorConfig` is everything that decides what a model sees; it is saved as `preprocessor.json` beside the
-weights so a trained model is always fed the way it was trained (frames, rate, crop, mel bins, normalisation).
+What the model sees is decided by a `PreprocessorConfig` (`mbt.media.settings`), saved as `preprocessor.json`
+beside the weights, so a trained model is always fed the way it was trained.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import torch
 
 from mbt.media import transforms
 from mbt.media.decode import MediaError, decode_clip
 from mbt.media.fbank import kaldi_fbank, log_mel
+from mbt.media.settings import FRAME_LENGTH_MS, FRAME_SHIFT_MS, MEDIA_MODALITIES, PreprocessorConfig
 
-if TYPE_CHECKING:
-    from mbt.config import Config
-
-PREPROCESSOR_FILE = "preprocessor.json"
-MODALITIES = ("video", "audio")
-FRAME_LENGTH_MS, FRAME_SHIFT_MS = 25.0, 10.0  # both front ends: 100 spectrogram frames a second
-
-
-@dataclass(kw_only=True)
-class PreprocessorConfig:
-    modalities: tuple[str, ...] = MODALITIES
-    # video: num_frames frames, frame_stride apart at fps; short side resized to short_side, image_size crops
-    num_frames: int = 32
-    fps: float = 25.0
-    frame_stride: int = 2
-    image_size: int = 224
-    short_side: int = 256
-    value_range: tuple[float, float] = (-1.0, 1.0)
-    # audio: spec_frames frames of num_mel_bins from the front end, normalised (x - spec_mean) / spec_std
-    sample_rate: int = 16000
-    audio_frontend: str = "kaldi"  # "kaldi" | "logmel"
-    num_mel_bins: int = 128
-    spec_frames: int = 800
-    spec_mean: float
-    spec_std: float
-    # training augmentation
-    scale_jitter: tuple[float, float] = (0.9, 1.33)
-    flip: bool = True
-    color_aug_prob: float = 0.8
-    color_drop_prob: float = 0.1
-    freq_mask_count: int = 1
-    freq_mask_width: int = 48
-    time_mask_count: int = 0
-    time_mask_width: int = 48
-    class_names: list[str] | None = field(default=None)
-
-    def __post_init__(self) -> None:
-        self.modalities = tuple(self.modalities)
-        self.value_range = tuple(float(v) for v in self.value_range)
-        self.scale_jitter = tuple(float(v) for v in self.scale_jitter)
-        for m in self.modalities:
-            if m not in MODALITIES:
-                raise ValueError(f"preprocessor modalities: {m!r} cannot be decoded from media; use {MODALITIES}")
-        if self.audio_frontend not in ("kaldi", "logmel"):
-            raise ValueError(f"preprocessor audio_frontend: must be 'kaldi' or 'logmel', got {self.audio_frontend!r}")
-        if not self.spec_std > 0:
-            raise ValueError(f"preprocessor spec_std: must be > 0, got {self.spec_std!r}")
-        if self.short_side < self.image_size:
-            raise ValueError(f"preprocessor short_side {self.short_side} is smaller than image_size {self.image_size}")
-
-    @property
-    def audio_seconds(self) -> float:
-        """Audio window: exactly the samples `spec_frames` frames need (8.015 s for 800), so a full-length clip
-        gives spec_frames frames with no padding (Kaldi's snip_edges drops a partial last frame)."""
-        return ((self.spec_frames - 1) * FRAME_SHIFT_MS + FRAME_LENGTH_MS) / 1000.0
-
-    @classmethod
-    def from_config(cls, cfg: Config, class_names: list[str] | None = None) -> PreprocessorConfig:
-        """From a run config: model.* gives frames / image size / mel bins / spec frames, data.* the rest.
-        data.short_side None means image_size * 8 / 7 rounded (256 for 224)."""
-        model, data = cfg.model, cfg.data
-        mean, std = data.spec_stats
-        return cls(
-            modalities=tuple(model.modalities), num_frames=model.num_frames, fps=data.fps,
-            frame_stride=data.frame_stride, image_size=model.image_size,
-            short_side=data.short_side if data.short_side is not None else round(model.image_size * 8 / 7),
-            sample_rate=data.sample_rate, audio_frontend=data.audio_frontend, num_mel_bins=model.num_mel_bins,
-            spec_frames=model.spec_frames, spec_mean=mean, spec_std=std, scale_jitter=tuple(data.scale_jitter),
-            flip=data.flip, color_aug_prob=data.color_aug_prob, color_drop_prob=data.color_drop_prob,
-            freq_mask_count=data.freq_mask_count, freq_mask_width=data.freq_mask_width,
-            time_mask_count=data.time_mask_count, time_mask_width=data.time_mask_width,
-            class_names=list(class_names) if class_names is not None else None,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        for key in ("modalities", "value_range", "scale_jitter"):
-            d[key] = list(d[key])
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PreprocessorConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"preprocessor config: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(known))}")
-        try:
-            return cls(**d)
-        except TypeError as e:  # a missing required key
-            raise ValueError(f"preprocessor config: {e}") from None
-
-    def save(self, directory: str | Path) -> Path:
-        """Write `preprocessor.json` into `directory` (created if needed); returns the file's path."""
-        path = Path(directory) / PREPROCESSOR_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
-        return path
-
-    @classmethod
-    def load(cls, directory: str | Path) -> PreprocessorConfig:
-        """Read `preprocessor.json` from a directory (or the file itself)."""
-        path = Path(directory)
-        if path.is_dir():
-            path = path / PREPROCESSOR_FILE
-        try:
-            d = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: no preprocessor config (expected beside the model weights)") from None
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON: {e}") from None
-        if not isinstance(d, dict):
-            raise ValueError(f"{path}: expected a JSON object")
-        try:
-            return cls.from_dict(d)
-        except ValueError as e:
-            raise ValueError(f"{path}: {e}") from None
+MODALITIES = MEDIA_MODALITIES
 
 
 @dataclass

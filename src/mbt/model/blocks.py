@@ -51,6 +51,11 @@ class Mlp(nn.Module):
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
+class AttentionProbe(nn.Identity):
+    """Passes attention probabilities (batch, heads, queries, keys) through unchanged: a place to hook them
+    (timm's `attn_drop` + `AttentionExtract`, vit-pytorch's `Recorder`) without state on the attention module."""
+
+
 class Attention(nn.Module):
     """Multi-head attention whose queries are `x` and whose keys/values are `[x; context]`.
 
@@ -67,9 +72,10 @@ class Attention(nn.Module):
         self.proj = nn.Linear(width, width)
         self.attention_dropout = attention_dropout
         self.proj_drop = nn.Dropout(dropout)
-        # Set by analysis tools to capture attention probabilities (computed the slow, explicit way).
-        self.keep_attention = False
-        self.last_attention: torch.Tensor | None = None
+        # False: the explicit softmax(QK^T / sqrt(d)) path, whose probabilities pass through `probe` (analysis hooks
+        # it); True: the fused kernel, which never forms them.
+        self.fused = True
+        self.probe = AttentionProbe()
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
         b, n, _ = t.shape
@@ -84,13 +90,12 @@ class Attention(nn.Module):
             k = torch.cat([k, k_context], dim=1)
             v = torch.cat([v, v_context], dim=1)
         q, k, v = self._heads(q), self._heads(k), self._heads(v)
-        if self.keep_attention:
-            probs = torch.softmax((q * self.head_dim**-0.5) @ k.transpose(-2, -1), dim=-1)
-            self.last_attention = probs.detach()
-            out = probs @ v
-        else:
-            dropout = self.attention_dropout if self.training else 0.0
+        dropout = self.attention_dropout if self.training else 0.0
+        if self.fused:
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+        else:
+            probs = self.probe(torch.softmax((q * self.head_dim**-0.5) @ k.transpose(-2, -1), dim=-1))
+            out = F.dropout(probs, dropout) @ v
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, d)))
 
 

@@ -7,18 +7,21 @@
     bottleneck  each stream's block runs on [its tokens; bottleneck]; the streams' bottleneck outputs are averaged
 
 `cross` gives exactly the official outputs (scenic runs every block over all tokens and keeps its own part),
-at roughly half the cost. Adding a fusion kind is one schedule entry and one layer function below.
+at roughly half the cost. Each kind is a `LayerKind`: its layer function, and a description of which tokens each
+block's queries and keys are, which analysis (attention maps, rollout, FLOP attribution) reads instead of switching
+on the names. Adding a fusion kind is one `LayerKind` entry and its layer function.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from mbt.config import MBTConfig
 from mbt.model.blocks import Block
+from mbt.model.config import MBTConfig
 
 Tokens = dict[str, torch.Tensor]
 LayerFn = Callable[[dict[str, Block], Tokens, "torch.Tensor | None"], tuple[Tokens, "torch.Tensor | None"]]
@@ -65,12 +68,74 @@ def _bottleneck(blocks: dict[str, Block], tokens: Tokens, bottleneck: torch.Tens
     return out, torch.stack(updates, dim=0).mean(dim=0)
 
 
-LAYER_FUNCTIONS: dict[str, LayerFn] = {
-    "separate": _separate,
-    "cross": _cross,
-    "joint": _joint,
-    "bottleneck": _bottleneck,
-}
+BOTTLENECK = "bottleneck"  # the name of the bottleneck tokens' segment in a layout
+JOINT = "joint"  # the name of the one block call of a shared-weights layer
+Segments = list[tuple[str, int]]  # (stream name or BOTTLENECK, number of tokens), in sequence order
+
+
+@dataclass(frozen=True)
+class LayerKind:
+    """One kind of layer: how it runs, and the layout of its blocks' attention.
+
+    `calls(present)` names the block calls of a layer in the order the encoder makes them (a stream name, or JOINT
+    for one call over all streams); `layout(call, present, num_tokens, num_bottleneck)` gives that call's
+    (query segments, key segments). `averages_bottleneck`: the streams' bottleneck rows are averaged afterwards.
+    """
+
+    name: str
+    run: LayerFn
+    calls: Callable[[tuple[str, ...]], list[str]]
+    layout: Callable[[str, tuple[str, ...], dict[str, int], int], tuple[Segments, Segments]]
+    averages_bottleneck: bool = False
+
+
+def _per_stream(present: tuple[str, ...]) -> list[str]:
+    return list(present)
+
+
+def _own_layout(call, present, num_tokens, num_bottleneck):
+    own = [(call, num_tokens[call])]
+    return own, own
+
+
+def _cross_layout(call, present, num_tokens, num_bottleneck):
+    own = [(call, num_tokens[call])]
+    return own, own + [(m, num_tokens[m]) for m in present if m != call]
+
+
+def _joint_layout(call, present, num_tokens, num_bottleneck):
+    every = [(m, num_tokens[m]) for m in present]
+    return every, every
+
+
+def _bottleneck_layout(call, present, num_tokens, num_bottleneck):
+    both = [(call, num_tokens[call]), (BOTTLENECK, num_bottleneck)]
+    return both, both
+
+
+LAYER_KINDS: dict[str, LayerKind] = {kind.name: kind for kind in (
+    LayerKind("separate", _separate, _per_stream, _own_layout),
+    LayerKind("cross", _cross, _per_stream, _cross_layout),
+    LayerKind(JOINT, _joint, lambda present: [JOINT], _joint_layout),
+    LayerKind(BOTTLENECK, _bottleneck, _per_stream, _bottleneck_layout, averages_bottleneck=True),
+)}
+
+
+def describe_fusion(cfg: MBTConfig) -> str:
+    """One human description of a fusion setting, for every command that prints one."""
+    if len(cfg.modalities) == 1:
+        return f"one stream ({cfg.modalities[0]}), no fusion"
+    if cfg.fusion_layer == cfg.depth:
+        return f"late fusion (streams apart in all {cfg.depth} layers, logits averaged)"
+    where = "early" if cfg.fusion_layer == 0 else "mid"
+    text = f"{where} {cfg.fusion} fusion from layer {cfg.fusion_layer} of {cfg.depth}"
+    if cfg.fusion == "bottleneck":
+        cls_slot = cfg.num_bottleneck_tokens - cfg.num_bottlenecks
+        text += f", {cfg.num_bottlenecks} bottleneck tokens" + (" (+1 CLS slot, as the official code)"
+                                                               if cls_slot else "")
+    if cfg.share_weights:
+        text += ", shared weights"
+    return text
 
 
 class FusionEncoder(nn.Module):
@@ -99,6 +164,12 @@ class FusionEncoder(nn.Module):
             # No positional embedding on bottleneck tokens; normal(0.02) init as the official code.
             self.bottleneck = nn.Parameter(torch.randn(1, cfg.num_bottleneck_tokens, cfg.width) * 0.02)
 
+    def block_owners(self, prefix: str = "") -> dict[str, str]:
+        """Qualified module name of every block -> the stream it belongs to (JOINT for shared blocks)."""
+        if self.share_weights:
+            return {f"{prefix}shared.{layer}": JOINT for layer in range(len(self.schedule))}
+        return {f"{prefix}streams.{m}.{layer}": m for m in self.modalities for layer in range(len(self.schedule))}
+
     def blocks_at(self, layer: int) -> dict[str, Block]:
         if self.share_weights:
             return {m: self.shared[layer] for m in self.modalities}
@@ -119,7 +190,7 @@ class FusionEncoder(nn.Module):
                 kind = "separate"
             if kind == "bottleneck" and bottleneck is None:
                 bottleneck = self.bottleneck.expand(batch, -1, -1)
-            tokens, bottleneck = LAYER_FUNCTIONS[kind](self.blocks_at(layer), tokens, bottleneck)
+            tokens, bottleneck = LAYER_KINDS[kind].run(self.blocks_at(layer), tokens, bottleneck)
             if capture is not None:
                 capture(layer, kind, tokens, bottleneck)
         return tokens  # the bottleneck is dropped at the end, as in the official code

@@ -7,13 +7,14 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from mbt.config import MODALITY_KINDS, MBTConfig
+from mbt.errors import ConfigError
+from mbt.media.settings import PREPROCESSOR_FILE, PreprocessorConfig
 from mbt.model.blocks import layer_norm
+from mbt.model.config import MODALITY_KINDS, MBTConfig
 from mbt.model.fusion import FusionEncoder
 from mbt.model.tokenizers import FrameSamplingEmbed, SpectrogramEmbed, TubeletEmbed
 
@@ -21,7 +22,6 @@ log = logging.getLogger("mbt.model")
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
-PREPROCESSOR_NAME = "preprocessor.json"
 
 
 @dataclass
@@ -39,7 +39,6 @@ def _lecun_normal_(weight: torch.Tensor) -> None:
 class MBT(nn.Module):
     def __init__(self, config: MBTConfig):
         super().__init__()
-        config.validate()
         if config.fusion == "bottleneck" and config.fusion_layer == config.depth - 1 and len(config.modalities) > 1:
             # In layer Lf every stream reads the learned bottleneck; the averaged update is discarded after the last
             # layer, so fusing only there exchanges nothing (as in the official code).
@@ -47,7 +46,7 @@ class MBT(nn.Module):
                         "between the streams; use fusion_layer <= depth - 2")
         self.config = config
         # Preprocessing that the weights were trained with (preprocessor.json); set by training / from_pretrained.
-        self.preprocessing: dict[str, Any] | None = None
+        self.preprocessing: PreprocessorConfig | None = None
         d = config.width
         self.tokenizers = nn.ModuleDict()
         self.pos_embed = nn.ParameterDict()
@@ -96,6 +95,24 @@ class MBT(nn.Module):
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
+    # ------------------------------------------------------------------ ownership (FLOP and parameter attribution)
+    def module_owners(self) -> dict[str, str]:
+        """Qualified name of each stream's tokenizer and blocks -> the stream (JOINT for shared blocks)."""
+        owners = {f"tokenizers.{m}": m for m in self.config.modalities}
+        return {**owners, **self.encoder.block_owners(prefix="encoder.")}
+
+    def parameter_owners(self) -> dict[str, str]:
+        """Parameter name -> the stream it belongs to; shared ones (bottleneck, norm, head) are left out."""
+        tokens = {f"{kind}.{m}": m for kind in ("pos_embed", "cls_token") for m in self.config.modalities}
+        modules = self.module_owners()
+        owners = {}
+        for name, _ in self.named_parameters():
+            stream = tokens.get(name) or next((s for prefix, s in modules.items() if name.startswith(prefix + ".")),
+                                              None)
+            if stream is not None:
+                owners[name] = stream
+        return owners
+
     # ------------------------------------------------------------------ forward
     def embed(self, m: str, x: torch.Tensor) -> torch.Tensor:
         tokens = self.tokenizers[m](x)
@@ -140,17 +157,18 @@ class MBT(nn.Module):
         return MBTOutput(self.head(pooled), {}, {"all": pooled})
 
     # ------------------------------------------------------------------ persistence
-    def save_pretrained(self, directory: str | Path, preprocessing: dict[str, Any] | None = None) -> Path:
+    def save_pretrained(self, directory: str | Path, preprocessing: PreprocessorConfig | None = None) -> Path:
+        """Weights (safetensors), config.json and, when known, preprocessor.json (written by its owner)."""
         from safetensors.torch import save_file
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
-        (directory / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=1))
+        (directory / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=1, allow_nan=False))
         preprocessing = preprocessing if preprocessing is not None else self.preprocessing
         if preprocessing is not None:
-            (directory / PREPROCESSOR_NAME).write_text(json.dumps(preprocessing, indent=1))
+            preprocessing.save(directory)
         return directory
 
     @classmethod
@@ -162,13 +180,20 @@ class MBT(nn.Module):
             if not (directory / name).is_file():
                 raise FileNotFoundError(f"{directory}: no {name}; expected a directory written by save_pretrained "
                                         "(or `mbt train` / `mbt convert`)")
-        config = MBTConfig.from_dict(json.loads((directory / CONFIG_NAME).read_text()))
+        try:
+            values = json.loads((directory / CONFIG_NAME).read_text(encoding="utf-8-sig"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{directory / CONFIG_NAME}: not valid JSON: {e}") from None
+        try:
+            config = MBTConfig.from_dict(values)
+        except ConfigError as e:
+            raise ConfigError(f"{directory / CONFIG_NAME}: {e}") from None
         model = cls(config)
         state = load_file(str(directory / WEIGHTS_NAME), device=str(map_location))
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(f"{directory / WEIGHTS_NAME}: weights do not match config.json "
                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-        if (directory / PREPROCESSOR_NAME).is_file():
-            model.preprocessing = json.loads((directory / PREPROCESSOR_NAME).read_text())
+        if (directory / PREPROCESSOR_FILE).is_file():
+            model.preprocessing = PreprocessorConfig.load(directory)
         return model.to(map_location)

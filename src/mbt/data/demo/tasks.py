@@ -1,4 +1,4 @@
-"""The embedded audiovisual demo set: small synthetic clips, written as real mp4 files, where fusion matters.
+"""The demo set's tasks: what each variant's clips show and hear, and why fusion matters on them.
 
 Every clip is an H.264 (libx264, yuv420p) + AAC mp4 of `seconds` seconds, drawn from its own random stream
 (seed, split, index), so a build is deterministic whatever the number of processes, and no two clips (within or
@@ -48,66 +48,61 @@ visual is the flash colour (red / blue) and sound the pitch (low / high).
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import json
-import multiprocessing
-import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
-import av
 import numpy as np
-from tqdm import tqdm
 
-from mbt.data.manifest import ManifestRow, write_classes, write_manifest
-
-# Bump when the generator changes what it draws, so that builds made by an older version are not reused.
-GENERATOR_VERSION = 1
 VARIANTS = ("fusion", "relation", "match")
+
+
 SPLITS = ("train", "val", "test")
-MARKER = ".complete.json"
+
+
 CORRUPT_FRACTION = 0.1  # per corrupted modality, fusion variant
+
+
 EVENT_GRID_S = 0.5  # frame spacing of the demo config's sampling (every 4th frame of 8 fps)
+
+
 MIN_SYNC_GAP_SLOTS = 3  # out-of-sync events are at least 3 slots (1.5 s) apart
+
+
 MATCH_EVENT_SLOTS = 2  # match: flash and tone last 2 slots (1.0 s), so two sampled frames see the flash
 
+
 VISUAL_GROUPS = ("red_disc", "green_square", "blue_triangle", "yellow_cross")
+
+
 SOUND_GROUPS = ("hum", "beeps")
+
+
 _COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 230), "yellow": (230, 210, 40)}
+
+
 _TONE_HZ = {"low": (300, 450), "high": (1500, 2200)}  # fusion's hum / beeps, match's pitches
+
+
 RELATION_CLASSES = ("in_sync", "out_of_sync")
+
+
 MATCH_CLASSES = ("match", "mismatch")
+
+
 MATCH_COLOURS = ("red", "blue")
+
+
 MATCH_PITCHES = ("low", "high")  # index-aligned with MATCH_COLOURS: colour i + pitch i is a match
+
+
 META_FIELDS = ("split", "path", "label", "visual", "sound", "corrupted", "tone_hz", "video_event_s",
                "audio_event_s")
 
-# Moderate quality, small files (about 10 kB of video and 12 kB of audio per 4 s clip). x264 is deterministic with
-# one thread and without macroblock-tree rate control: with mbtree on, the same frames gave different bitstreams
-# from run to run (x264's SIMD code, as asm=0 also cured it). The fast AAC coder is 3-4x faster than the default
-# and tones survive it intact.
-_VIDEO_OPTIONS = {"crf": "28", "preset": "veryfast", "threads": "1", "mbtree": "0"}
-_AUDIO_OPTIONS = {"aac_coder": "fast"}
-_AUDIO_BITRATE = 24000
+
 _RAMP_S = 0.005  # fade of every tone edge, so that switching a tone on or off does not click across the spectrum
 
 
-@dataclass
-class DemoSet:
-    root: Path  # the variant's folder, `root/<variant>` of `build_demo_set`
-    classes: Path
-    train: Path
-    val: Path
-    test: Path
-    class_names: list[str]
-    variant: str
-    meta: Path  # per-clip ground truth (see the module docstring)
-
-
 @dataclass(frozen=True)
-class _ClipPlan:
+class ClipPlan:
     """What one clip must show; the split's plan fixes these so that every split is balanced."""
 
     split: str
@@ -121,7 +116,7 @@ class _ClipPlan:
 
 
 @dataclass(frozen=True)
-class _Format:
+class DemoFormat:
     variant: str
     seconds: float
     fps: int
@@ -132,77 +127,18 @@ class _Format:
 
 def class_names(variant: str) -> list[str]:
     """The class names of a variant, in class-index order (fusion: visual-major, `<visual>+<sound>`)."""
-    _check_variant(variant)
+    check_variant(variant)
     if variant == "fusion":
         return [f"{v}+{s}" for v in VISUAL_GROUPS for s in SOUND_GROUPS]
     return list(MATCH_CLASSES if variant == "match" else RELATION_CLASSES)
 
 
-def build_demo_set(root: str | Path, *, variant: str = "fusion", num_train: int = 480, num_val: int = 120,
-                   num_test: int = 120, seconds: float = 4.0, fps: int = 8, size: int = 64, sample_rate: int = 16000,
-                   seed: int = 0, jobs: int = 2, progress: bool = True) -> DemoSet:
-    """Write the demo set under `root/<variant>` (see the module docstring) and return its paths.
-
-    A complete earlier build with the same parameters is reused as it is; anything else there is rebuilt.
-    """
-    _check_variant(variant)
-    counts = {"train": num_train, "val": num_val, "test": num_test}
-    fmt = _Format(variant, float(seconds), int(fps), int(size), int(sample_rate), int(seed))
-    _check_format(fmt, counts)
-    folder = Path(root) / variant
-    names = class_names(variant)
-    demo = DemoSet(folder, folder / "classes.txt", folder / "train.csv", folder / "val.csv", folder / "test.csv",
-                   names, variant, folder / "meta.csv")
-    params = {"version": GENERATOR_VERSION, **vars(fmt), **counts}
-    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
-    plans = [plan for split in SPLITS for plan in _plan_split(fmt, split, counts[split])]
-    media = {plan: folder / "media" / f"{plan.split}_{plan.index:05d}.mp4" for plan in plans}
-    if _is_complete(folder, digest, media.values()):
-        return demo
-
-    (folder / MARKER).unlink(missing_ok=True)  # from here on the folder is incomplete until the marker is back
-    (folder / "media").mkdir(parents=True, exist_ok=True)
-    meta = {}
-    tasks = [(fmt, plan, media[plan]) for plan in plans]
-    pool = None
-    if jobs > 1:
-        # The platform's default start method (fork on Linux): workers use numpy and PyAV only.
-        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context())
-    try:
-        results = map(_make_clip, tasks) if pool is None else pool.map(
-            _make_clip, tasks, chunksize=4)
-        for plan, row in tqdm(zip(plans, results), total=len(tasks), desc=f"demo set ({variant})", unit="clip",
-                              disable=not progress):
-            meta[plan] = row
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
-
-    write_classes(demo.classes, names)
-    for split in SPLITS:
-        rows = [ManifestRow(media[p], (names[p.label],)) for p in plans if p.split == split]
-        write_manifest(getattr(demo, split), rows)
-    with demo.meta.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=META_FIELDS)
-        writer.writeheader()
-        for plan in plans:
-            writer.writerow({"split": plan.split, "path": media[plan].relative_to(folder).as_posix(),
-                             "label": names[plan.label], **meta[plan]})
-    # Clips of an earlier, larger build are not part of this one: they would only confuse a directory listing.
-    wanted = set(media.values())
-    for stale in (folder / "media").glob("*.mp4"):
-        if stale not in wanted:
-            stale.unlink()
-    (folder / MARKER).write_text(json.dumps({"hash": digest, "params": params}, indent=1), encoding="utf-8")
-    return demo
-
-
-def _check_variant(variant: str) -> None:
+def check_variant(variant: str) -> None:
     if variant not in VARIANTS:
         raise ValueError(f"demo set variant {variant!r} is not one of {', '.join(VARIANTS)}")
 
 
-def _check_format(fmt: _Format, counts: dict[str, int]) -> None:
+def check_format(fmt: DemoFormat, counts: dict[str, int]) -> None:
     for split, n in counts.items():
         if n < 1:
             raise ValueError(f"num_{split} must be at least 1, got {n}")
@@ -220,16 +156,7 @@ def _check_format(fmt: _Format, counts: dict[str, int]) -> None:
         raise ValueError(f"sample_rate must be at least 8000 Hz (the beeps reach 2.2 kHz), got {fmt.sample_rate}")
 
 
-def _is_complete(folder: Path, digest: str, media) -> bool:
-    try:
-        marker = json.loads((folder / MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    files = [folder / n for n in ("classes.txt", "train.csv", "val.csv", "test.csv", "meta.csv")] + list(media)
-    return marker.get("hash") == digest and all(f.is_file() for f in files)
-
-
-def _plan_split(fmt: _Format, split: str, n: int) -> list[_ClipPlan]:
+def plan_split(fmt: DemoFormat, split: str, n: int) -> list[ClipPlan]:
     """Balanced labels (counts differ by at most one), balanced nuisances per class, then shuffled."""
     rng = np.random.default_rng([fmt.seed, SPLITS.index(split), 0])
     num_classes = len(class_names(fmt.variant))
@@ -255,22 +182,17 @@ def _plan_split(fmt: _Format, split: str, n: int) -> list[_ClipPlan]:
             shift = 0 if c == 0 else shifts[(k // slots) % len(shifts)]
             specs.append({"label": c, "flash_slot": flash, "beep_slot": (flash + shift) % slots})
     perm = rng.permutation(n)
-    return [_ClipPlan(split, i, **specs[j]) for i, j in enumerate(perm)]
+    return [ClipPlan(split, i, **specs[j]) for i, j in enumerate(perm)]
 
 
-def _make_clip(task: tuple[_Format, _ClipPlan, Path]) -> dict[str, str]:
-    """Draw, encode and write one clip; returns its meta.csv fields (besides split, path and label)."""
-    fmt, plan, path = task
+def draw_clip(fmt: DemoFormat, plan: ClipPlan) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
+    """One clip's frames (T, H, W, 3), mono audio and meta.csv fields, from its own random stream."""
     rng = np.random.default_rng([fmt.seed, SPLITS.index(plan.split), 1, plan.index])
     clip = {"fusion": _fusion_clip, "relation": _relation_clip, "match": _match_clip}[fmt.variant]
-    frames, audio, meta = clip(fmt, plan, rng)
-    tmp = path.with_name(path.stem + ".tmp.mp4")
-    _write_mp4(tmp, frames, audio, fmt.fps, fmt.sample_rate)
-    os.replace(tmp, path)  # a clip is either complete or absent, never half-written
-    return meta
+    return clip(fmt, plan, rng)
 
 
-def _fusion_clip(fmt: _Format, plan: _ClipPlan, rng: np.random.Generator):
+def _fusion_clip(fmt: DemoFormat, plan: ClipPlan, rng: np.random.Generator):
     visual, sound = divmod(plan.label, len(SOUND_GROUPS))
     num_frames = round(fmt.seconds * fmt.fps)
     size = fmt.size
@@ -318,7 +240,7 @@ def _fusion_clip(fmt: _Format, plan: _ClipPlan, rng: np.random.Generator):
     return frames, audio, meta
 
 
-def _relation_clip(fmt: _Format, plan: _ClipPlan, rng: np.random.Generator):
+def _relation_clip(fmt: DemoFormat, plan: ClipPlan, rng: np.random.Generator):
     num_frames = round(fmt.seconds * fmt.fps)
     size = fmt.size
     t_flash = plan.flash_slot * EVENT_GRID_S
@@ -340,7 +262,7 @@ def _relation_clip(fmt: _Format, plan: _ClipPlan, rng: np.random.Generator):
     return frames, audio, meta
 
 
-def _match_clip(fmt: _Format, plan: _ClipPlan, rng: np.random.Generator):
+def _match_clip(fmt: DemoFormat, plan: ClipPlan, rng: np.random.Generator):
     num_frames = round(fmt.seconds * fmt.fps)
     slots = round(fmt.seconds / EVENT_GRID_S)
     onset = int(rng.integers(0, slots - MATCH_EVENT_SLOTS + 1)) * EVENT_GRID_S
@@ -408,24 +330,3 @@ def _gate(t: np.ndarray, onset: float, on: float, period: float) -> np.ndarray:
     phase = np.mod(t - onset, period)
     ramp = np.clip(np.minimum(phase, on - phase) / _RAMP_S, 0, 1)
     return np.where((t >= onset) & (phase < on), ramp, 0.0)
-
-
-def _write_mp4(path: Path, frames: np.ndarray, audio: np.ndarray, fps: int, sample_rate: int) -> None:
-    frames = np.clip(np.rint(frames), 0, 255).astype(np.uint8)
-    audio = np.clip(audio, -1, 1).astype(np.float32)[None]
-    with av.open(str(path), "w", format="mp4") as container:
-        video = container.add_stream("libx264", rate=fps, options=dict(_VIDEO_OPTIONS))
-        video.width = video.height = frames.shape[1]
-        video.pix_fmt = "yuv420p"
-        sound = container.add_stream("aac", rate=sample_rate, layout="mono", options=dict(_AUDIO_OPTIONS))
-        sound.bit_rate = _AUDIO_BITRATE
-        for i, frame in enumerate(frames):
-            picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
-            picture.pts = i
-            container.mux(video.encode(picture))
-        container.mux(video.encode())
-        samples = av.AudioFrame.from_ndarray(audio, format="fltp", layout="mono")
-        samples.sample_rate = sample_rate
-        samples.pts = 0
-        container.mux(sound.encode(samples))
-        container.mux(sound.encode())

@@ -21,7 +21,7 @@ from mbt.data.datasets import ClipDataset
 from mbt.data.demo import build_demo_set
 from mbt.data.manifest import read_manifest
 from mbt.engine.evaluate import evaluate_dataset, load_for_inference
-from mbt.engine.train import train
+from mbt.recipes.train import train
 
 log = logging.getLogger("mbt.demo")
 

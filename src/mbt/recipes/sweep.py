@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from mbt.config import Config, ConfigError, load_config
+from mbt.config import Config, ConfigError, load_config, split_key
 
 log = logging.getLogger("mbt.sweep")
 
@@ -40,6 +40,7 @@ def parse_over(text: str) -> tuple[str, list[str]]:
     items = [v.strip() for v in values.split(",") if v.strip()]
     if not sep or not key.strip() or not items:
         raise ConfigError(f"--over {text!r}: expected section.key=value1,value2,...")
+    split_key(key)  # the section must exist; the key and values are checked when each point's config is built
     return key.strip(), items
 
 
@@ -146,8 +147,9 @@ def run_sweep(config: str | Path, overs: list[tuple[str, list[str]]], out_dir: s
     """Train and evaluate every point (see the module docstring); returns the rows of `out_dir/results.csv` and
     writes the plots beside it."""
     from mbt.analysis.flops import count_flops
-    from mbt.engine.train import resolve_classes, train
+    from mbt.engine.train import resolve_classes
     from mbt.model.mbt import WEIGHTS_NAME
+    from mbt.recipes.train import train
 
     out_dir = Path(out_dir)
     runs_dir = Path(runs_dir) if runs_dir is not None else out_dir / "runs"

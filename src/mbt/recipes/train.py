@@ -1,0 +1,82 @@
+"""The training recipe: a plain loop over the pieces in `mbt.engine.train`. Runs the same under `python`,
+`mbt train` and `torchrun`."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from mbt.config import Config
+from mbt.engine.train import (
+    TrainState,
+    epoch_loader,
+    finish,
+    micro_step,
+    optimizer_step,
+    restore,
+    save_state,
+    setup_run,
+    validate,
+)
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    steps: int
+    history: list[dict[str, Any]] = field(default_factory=list)  # one entry per evaluation
+    skipped: int = 0
+    seconds: float = 0.0
+    clips_per_second: float = 0.0
+
+
+def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
+          stop_after_steps: int | None = None) -> TrainResult:
+    """Train `cfg` into `out_dir`, which ends up a `from_pretrained` directory plus `checkpoints/`.
+
+    `stop_after_steps` ends the run early, after a checkpoint, as an interruption would (tests use it).
+    """
+    run = setup_run(cfg, out_dir, progress=progress)
+    tc = cfg.train
+    state = restore(run) if resume else TrainState()
+    started, clips_seen, stopped_early = time.time(), 0, False
+    for epoch in range(state.epoch, tc.epochs):
+        first = state.batch_in_epoch if epoch == state.epoch else 0
+        state.epoch = epoch
+        loader, num_batches = epoch_loader(run, epoch, first)
+        run.model.train()
+        bar = tqdm(loader, total=num_batches - first, desc=f"epoch {epoch + 1}/{tc.epochs}",
+                   disable=not (progress and run.info.is_main), leave=False, dynamic_ncols=True)
+        for batch_index, batch in enumerate(bar, start=first):
+            last_micro = (batch_index + 1) % tc.grad_accum == 0
+            clips_seen += micro_step(run, batch, state, sync=last_micro)
+            if not last_micro:
+                continue
+            record = optimizer_step(run, state)
+            record["clips_per_s"] = clips_seen / max(time.time() - started, 1e-9)
+            run.metrics_log.write(record)
+            bar.set_postfix(loss=f"{record['loss']:.4f}" if record["loss"] is not None else "-",
+                            clips_s=f"{record['clips_per_s']:.1f}")
+            state.batch_in_epoch = batch_index + 1
+            end_of_epoch = batch_index == num_batches - 1
+            if state.step % tc.checkpoint_every == 0 and not end_of_epoch:
+                save_state(run, state)
+            if stop_after_steps is not None and state.step >= stop_after_steps:
+                stopped_early = True
+                break
+        bar.close()
+        if stopped_early:
+            save_state(run, state)
+            break
+        if run.val_dataset is not None and ((epoch + 1) % tc.eval_every_epochs == 0 or epoch + 1 == tc.epochs):
+            validate(run, state)
+        state.epoch, state.batch_in_epoch = epoch + 1, 0
+        save_state(run, state)
+    finish(run, state, save_model=not stopped_early)
+    seconds = time.time() - started
+    return TrainResult(run.out_dir, state.step, state.history, state.skipped, seconds,
+                       clips_seen / max(seconds, 1e-9))
