@@ -271,6 +271,8 @@ CASES: list[Case] = [
     Case("h264_aac.mov", "H.264 + AAC in QuickTime", lambda p: _mp4_named(p, "mov"), "ok"),
     Case("ffv1_mp3.avi", "FFV1 + MP3 in AVI", lambda p: _mp4_named(p, "avi", vcodec="ffv1", acodec="libmp3lame",
                                                                    sample_rate=44100), "ok"),
+    Case("h264_bframes.avi", "H.264 with B-frames in AVI: no presentation times, frames decode out of order",
+         lambda p: _mp4_named(p, "avi", acodec="libmp3lame", sample_rate=44100), "ok"),
     Case("mpeg2_ts.ts", "MPEG-2 video + MP2 audio in MPEG-TS (timestamps start at 1.4 s)",
          lambda p: _mp4_named(p, "mpegts", vcodec="mpeg2video", acodec="mp2"), "ok"),
     Case("matroska_named.mp4", "Matroska content with an .mp4 name", lambda p: _mp4_named(p, "matroska"), "ok"),

@@ -380,3 +380,12 @@ def test_media_error_is_rebuilt_from_a_data_loader_workers_message():
     assert (info.value.kind, info.value.path, info.value.reason) == ("non_finite", "/data/x: y.mov",
                                                                      "the audio holds 3 NaN samples")
     assert str(info.value) == "/data/x: y.mov: non_finite: the audio holds 3 NaN samples"
+
+
+def test_frames_decoded_out_of_order_in_avi_are_placed_by_their_decoding_times(tmp_path):
+    """AVI keeps no presentation times: H.264 with B-frames decodes to pts that go backwards. Like FFmpeg's
+    best-effort timestamp, the decoder then uses the frames' dts, so the picked frames still count up."""
+    path = write_av(tmp_path / "b.avi", seconds=1.0, size=SIZE, acodec="libmp3lame", sample_rate=44100).path
+    clip = decode_clip(path, num_frames=12, fps=25, frame_stride=1, audio_seconds=1.0, position=0.0, audio=False)
+    markers = [read_marker(frame) for frame in clip.video.numpy()]
+    assert markers == sorted(markers) and markers[-1] - markers[0] >= 9

@@ -325,6 +325,27 @@ def _frames_from(container: av.container.InputContainer, stream: av.stream.Strea
     yield from _decoded(container, stream)
 
 
+class _FrameClock:
+    """Frame times as FFmpeg's best-effort timestamp (guess_correct_pts) has them: a frame's pts, unless pts values
+    have gone backwards more often than dts values. AVI stores no presentation times, so H.264 with B-frames in AVI
+    decodes to pts out of order while the dts still count up."""
+
+    def __init__(self) -> None:
+        self.faulty_pts = self.faulty_dts = 0
+        self.last_pts = self.last_dts = None
+
+    def time(self, frame: av.frame.Frame) -> float | None:
+        pts, dts = frame.pts, frame.dts
+        if dts is not None:
+            self.faulty_dts += self.last_dts is not None and dts <= self.last_dts
+            self.last_dts = dts
+        if pts is not None:
+            self.faulty_pts += self.last_pts is not None and pts <= self.last_pts
+            self.last_pts = pts
+        chosen = pts if pts is not None and (dts is None or self.faulty_pts <= self.faulty_dts) else dts
+        return float(chosen * frame.time_base) if chosen is not None and frame.time_base else None
+
+
 def _frame_seconds(frame: av.frame.Frame) -> float | None:
     """How long a frame lasts, from its packet's duration; None when the container does not say."""
     if frame.duration and frame.time_base:
@@ -365,8 +386,10 @@ def _decode_video(container: av.container.InputContainer, path: str | Path, targ
     picked: list[np.ndarray] = []
     uncovered = 0
     prev: tuple[float, float, av.VideoFrame] | None = None  # (time, end, frame) of the frame before
+    clock = _FrameClock()
     for frame in _frames_from(container, stream, float(targets[0])):
-        t = frame.time if frame.time is not None else (prev[0] + period if prev is not None else 0.0)
+        t = clock.time(frame)
+        t = t if t is not None else (prev[0] + period if prev is not None else 0.0)
         while len(picked) < len(targets) and targets[len(picked)] <= t:
             target = float(targets[len(picked)])
             nearer_prev = prev is not None and target - prev[0] <= t - target
