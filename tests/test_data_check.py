@@ -304,3 +304,22 @@ def test_stats_over_no_usable_clip_write_null_not_nan(corpus, tmp_path):
     assert main(["data", "stats", str(tmp_path / "m.csv"), *sets, "--json", str(out), "--jobs", "1"]) == 1
     stats = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
     assert stats["spec_mean"] is None and stats["clips"] == 0 and stats["skipped"] == 1
+
+
+def test_a_segment_inside_a_file_is_judged_on_its_own_span(tmp_path):
+    """A row's [start, end] is scanned from its start: a late segment of a whole file is not cut off, and an early
+    segment of a cut-off file is intact (only a segment reaching past the cut is)."""
+    from fault_corpus import _remux
+
+    write_av(tmp_path / "long.mp4", seconds=3.0, size=SIZE)
+    _remux(tmp_path / "long.mp4", tmp_path / "fast.mp4", options={"movflags": "+faststart"})
+    data = (tmp_path / "fast.mp4").read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(data[:len(data) // 2])  # 3 s declared, about 1.4 s decodable
+    rows = [ManifestRow(tmp_path / "long.mp4", ("a",), 2.0, 3.0), ManifestRow(tmp_path / "cut.mp4", ("a",), 0.0, 1.0),
+            ManifestRow(tmp_path / "cut.mp4", ("a",), 1.0, 3.0)]
+    write_manifest(tmp_path / "m.csv", rows)
+    report = check_manifest(tmp_path / "m.csv", build_config(overrides=OVERRIDES), progress=False)
+    kinds = {line: [e["kind"] for e in report.problems + report.warnings if e["line"] == line] for line in (2, 3, 4)}
+    assert kinds[2] == [] and kinds[3] == []
+    assert "truncated" in kinds[4] or "too_much_padding" in kinds[4]
+    assert "cut off" in next(e["reason"] for e in report.problems + report.warnings if e["line"] == 4)

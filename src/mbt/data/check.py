@@ -26,7 +26,16 @@ import numpy as np
 from mbt.config import Config, build_config
 from mbt.data.manifest import ManifestRow, read_classes, read_manifest
 from mbt.data.parallel import map_with_progress
-from mbt.media.decode import AUDIO_GAP_S, PAD_TOLERANCE_S, MediaError, decode_clip, open_media, probe
+from mbt.media.decode import (
+    AUDIO_GAP_S,
+    PAD_TOLERANCE_S,
+    MediaError,
+    decode_clip,
+    media_origin,
+    open_media,
+    probe,
+    video_stream,
+)
 from mbt.media.preprocess import SILENCE_PEAK
 from mbt.media.settings import PreprocessorConfig
 
@@ -95,17 +104,17 @@ def _stream_seconds(stream: av.stream.Stream) -> float | None:
 def scan_span(path: str | Path, start: float | None, end: float | None) -> SpanScan:
     """Read the streams over [start, end] (default: all): how far they really go, holes, NaN samples."""
     with open_media(path) as container:
-        origin = max(container.start_time / av.time_base, 0.0) if container.start_time is not None else 0.0
+        origin = media_origin(container)
         declared = container.duration / av.time_base if container.duration else 0.0
-        video = next((s for s in container.streams.video
-                      if av.stream.Disposition.attached_pic not in s.disposition), None)
+        video = video_stream(container)
         audio = container.streams.audio[0] if container.streams.audio else None
         scan = SpanScan(declared=declared,
                         video_declared=_stream_seconds(video) if video is not None else None,
                         audio_declared=_stream_seconds(audio) if audio is not None else None)
         streams = [s for s in (video, audio) if s is not None]
         if start:
-            container.seek(int((origin + max(start - 1.0, 0.0)) / av.time_base), backward=True)
+            # a second early: the keyframe before the span, and the packet that ends where the span starts
+            container.seek(int((origin + max(start - 1.0, 0.0)) * av.time_base), backward=True)
         stop = origin + end if end is not None else math.inf
         times: list[float] = []
         expected = None

@@ -200,7 +200,7 @@ def open_media(path: str | Path) -> Iterator[av.container.InputContainer]:
             raise MediaError("unsupported_container", path,
                              f"a raw {RAW_VIDEO_FORMATS[container.format.name]} stream with no container (no "
                              "timestamps, no audio); wrap it, e.g. `ffmpeg -framerate 25 -i FILE -c copy out.mp4`")
-        if _video_stream(container) is None and not container.streams.audio:
+        if video_stream(container) is None and not container.streams.audio:
             raise MediaError("unreadable", path, "the file has no audio or video stream")
         for stream in (*container.streams.video, *container.streams.audio):
             # one decode thread per call: parallelism comes from data-loader workers
@@ -213,7 +213,7 @@ def open_media(path: str | Path) -> Iterator[av.container.InputContainer]:
         container.close()
 
 
-def _video_stream(container: av.container.InputContainer) -> av.VideoStream | None:
+def video_stream(container: av.container.InputContainer) -> av.VideoStream | None:
     # Cover art in audio files is a one-picture "video" stream; it is not video.
     for stream in container.streams.video:
         if av.stream.Disposition.attached_pic not in stream.disposition:
@@ -221,7 +221,7 @@ def _video_stream(container: av.container.InputContainer) -> av.VideoStream | No
     return None
 
 
-def _origin(container: av.container.InputContainer) -> float:
+def media_origin(container: av.container.InputContainer) -> float:
     """Timestamp of the media's beginning: 0 for most files, the first timestamp for e.g. MPEG-TS captures.
 
     A negative start (encoder priming, B-frame delay) is content not meant to be shown, so it is not an origin.
@@ -257,10 +257,10 @@ def _frame_size_check(path: str | Path, width: int | None, height: int | None) -
 def probe(path: str | Path) -> MediaInfo:
     """Stream facts of a media file, from headers (no decoding). Raises MediaError (see MEDIA_ERROR_KINDS)."""
     with open_media(path) as container:
-        duration = _duration(container, _origin(container))
+        duration = _duration(container, media_origin(container))
         if not duration > 0:  # also NaN
             raise MediaError("empty", path, "the streams hold no media (duration 0)")
-        video = _video_stream(container)
+        video = video_stream(container)
         audio = container.streams.audio[0] if container.streams.audio else None
         fps = num_frames = width = height = None
         if video is not None:
@@ -357,7 +357,7 @@ def _decode_video(container: av.container.InputContainer, path: str | Path, targ
                   max_short_side: int | None) -> tuple[torch.Tensor, float]:
     """The frame whose timestamp is nearest to each target time (absolute seconds), as (T, H, W, 3) uint8, and the
     fraction of targets no decoded frame covers (padding)."""
-    stream = _video_stream(container)
+    stream = video_stream(container)
     if stream is None:
         raise MediaError("no_video", path, "the file has no video stream")
     w, h = stream.codec_context.width, stream.codec_context.height
@@ -510,7 +510,7 @@ def decode_clip(
     if not (video or audio):
         raise ValueError("nothing to decode: video and audio are both False")
     with open_media(path) as container:
-        origin = _origin(container)
+        origin = media_origin(container)
         duration = _duration(container, origin)
         span_start = 0.0 if start is None else float(start)
         span_end = duration if end is None else min(float(end), duration)
