@@ -17,7 +17,7 @@ import fault_corpus as fc
 from engine_fixtures import toy_config, write_toy_set
 from mbt.cli import main
 from mbt.config import build_config
-from mbt.data.datasets import ClipDataset, ClipLog, collate
+from mbt.data.datasets import ClipDataset, collate
 from mbt.data.manifest import read_manifest
 from mbt.media.preprocess import Preprocessor
 from mbt.model import MBT
@@ -117,6 +117,8 @@ def _datasets(corpus: Path):
 
 
 def test_training_skips_every_problem_file_with_its_kind_and_uses_the_rest(corpus, caplog):
+    from mbt.data.datasets import ClipLog
+
     train, _ = _datasets(corpus)
     clip_log = ClipLog(logging.getLogger("test.corpus"), "training clip")
     with caplog.at_level(logging.INFO, logger="test.corpus"):
