@@ -6,6 +6,7 @@ from __future__ import annotations
 import builtins
 import json
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from mbt.data.datasets import ClipDataset, collate
 from mbt.data.manifest import ManifestRow, read_manifest, write_manifest
 from mbt.media.decode import MediaError
 from mbt.media.preprocess import Preprocessor
-from media_factory import write_av
+from media_factory import tone, write_av
 
 # A small window keeps the corpus small: 4 frames at stride 2 of 25 fps (0.32 s), 96 spectrogram frames (~1 s).
 OVERRIDES = ["model.image_size=32", "model.num_frames=4", "model.spec_frames=96", "model.num_mel_bins=32"]
@@ -219,19 +220,44 @@ def test_stats_normalise_the_usable_clips_to_zero_mean_unit_std(corpus, tmp_path
     stats = json.loads(out.read_text())
     assert "normalisation: custom" in capsys.readouterr().out
     # stats read only the audio: a file without video counts
+    # (a window mostly padding is a training skip, but stats pad it as evaluation does)
     problems = [name for name, (outcome, kind) in EXPECTED.items()
                 if outcome == "problem" and kind not in ("no_video", "too_much_padding")]
-    short = ["single_frame.mp4", "short.mp4"]  # padding is not audio: left out
+    short = ["single_frame.mp4", "short.mp4"]  # padded with silence, as training pads them, and counted
     assert (stats["skipped"], stats["padded"]) == (len(problems), len(short))
-    assert stats["clips"] == len(EXPECTED) - len(problems) - len(short)
+    assert stats["clips"] == len(EXPECTED) - len(problems)
 
     # the property the numbers are for: normalised with them, the same clips have mean 0 and std 1
     cfg = build_config(overrides=[*OVERRIDES, "data.normalisation=custom", f"data.spec_mean={stats['spec_mean']}",
                                   f"data.spec_std={stats['spec_std']}"])
     pre = Preprocessor(cfg.preprocessor())
-    used = [name for name in EXPECTED if name not in problems and name not in short]
+    used = [name for name in EXPECTED if name not in problems]
     specs = torch.stack([pre(corpus / name, train=False, modalities=("audio",)).inputs["audio"] for name in used])
     assert abs(specs.mean().item()) < 1e-3 and abs(specs.std(unbiased=False).item() - 1) < 1e-3
+
+
+def test_stats_of_short_clips_only_pad_them_and_say_so(tmp_path, capsys):
+    # clips shorter than the audio window (0.975 s here), which `data check` calls usable and training pads
+    rows = ["path,labels"]
+    for i, seconds in enumerate((0.4, 0.6, 0.8)):
+        write_av(tmp_path / f"short{i}.mp4", seconds=seconds, size=SIZE, audio_fn=tone(220.0 * (i + 1)))
+        rows.append(f"short{i}.mp4,a")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    sets = [arg for o in OVERRIDES for arg in ("--set", o)]
+    out = tmp_path / "stats.json"
+    assert main(["data", "stats", str(tmp_path / "m.csv"), *sets, "--json", str(out), "--jobs", "1"]) == 0
+    assert "3 shorter than the 96-frame window, padded with silence" in capsys.readouterr().out
+    stats = json.loads(out.read_text())
+    assert stats["clips"] == stats["padded"] == 3 and math.isfinite(stats["spec_mean"]) and stats["spec_std"] > 0
+
+
+def test_stats_without_a_usable_clip_write_null_not_nan(tmp_path, capsys):
+    (tmp_path / "m.csv").write_text("path,labels\ngone.mp4,a\n")
+    out = tmp_path / "stats.json"
+    assert main(["data", "stats", str(tmp_path / "m.csv"), "--json", str(out), "--jobs", "1"]) == 1
+    text = out.read_text()
+    assert "NaN" not in text and json.loads(text)["spec_mean"] is None
+    assert "no usable clip" in capsys.readouterr().out
 
 
 # ==================================================================== labels and encodings
@@ -295,15 +321,6 @@ def test_a_manifest_with_a_header_and_no_rows_is_a_problem(tmp_path, capsys):
     (tmp_path / "m.csv").write_text("path,labels\n")
     code, report = _check_json(tmp_path, str(tmp_path / "m.csv"))
     assert code == 1 and [p["kind"] for p in report["problems"]] == ["no_rows"] and report["ok"] == 0
-
-
-def test_stats_over_no_usable_clip_write_null_not_nan(corpus, tmp_path):
-    write_manifest(tmp_path / "m.csv", [ManifestRow(corpus / "missing.mp4", ("a",))])
-    out = tmp_path / "stats.json"
-    sets = [arg for o in OVERRIDES for arg in ("--set", o)]
-    assert main(["data", "stats", str(tmp_path / "m.csv"), *sets, "--json", str(out), "--jobs", "1"]) == 1
-    stats = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
-    assert stats["spec_mean"] is None and stats["clips"] == 0 and stats["skipped"] == 1
 
 
 def test_a_segment_inside_a_file_is_judged_on_its_own_span(tmp_path):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -29,8 +28,9 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
 
 def _write_json(path: str, payload: dict) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    # strict JSON: a NaN would make the file unreadable to other tools
-    Path(path).write_text(json.dumps(payload, indent=1, allow_nan=False) + "\n")
+    from mbt.fileio import write_json
+
+    write_json(path, payload, what="JSON report")
 
 
 # ==================================================================== check
@@ -61,11 +61,7 @@ def _check(args: argparse.Namespace) -> int:
         report.notes = [note]
     print(report.summary())
     if args.json:
-        try:
-            _write_json(args.json, report.to_json())
-        except OSError as e:
-            print(f"mbt data check: cannot write {args.json}: {e.strerror or e}", file=sys.stderr)
-            return 3
+        _write_json(args.json, report.to_json())  # an OutputError: exit 3 (mbt.cli)
     return 0 if not report.problems else 1
 
 
@@ -73,12 +69,9 @@ def _check(args: argparse.Namespace) -> int:
 def run_transcode(args: argparse.Namespace) -> int:
     from mbt.data.transcode import transcode_manifest
 
-    try:
-        report = transcode_manifest(args.manifest, args.out, short_side=args.short_side, gop=args.gop,
-                                    fps=args.fps, jobs=args.jobs)
-    except OSError as e:  # the output folder, its manifest or its report cannot be written
-        print(f"mbt data transcode: cannot write to {args.out}: {e.strerror or e}", file=sys.stderr)
-        return 3
+    # an output folder, manifest or report that cannot be written is an OSError: exit 3 (mbt.cli)
+    report = transcode_manifest(args.manifest, args.out, short_side=args.short_side, gop=args.gop, fps=args.fps,
+                                jobs=args.jobs)
     print(report.summary())
     return 3 if report.output_failed else 1 if report.failed else 0
 
@@ -157,9 +150,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            "noun_classes}.csv), or the one CSV file")
     prep.add_argument("--media", required=True, metavar="DIR", help="folder holding the media files")
     prep.add_argument("--out", required=True, metavar="DIR", help="where manifests and classes.txt are written")
-    prep.add_argument("--pattern", help="media file name, e.g. '{ytid}_{start}.mp4' (fields: ytid, start, end, "
-                                        "start_ms, end_ms; epic: participant_id, video_id); common extensions "
-                                        "are tried too (default: the usual namings)")
+    prep.add_argument("--pattern", action="append", default=None, metavar="PATTERN",
+                      help="media file name, e.g. '{ytid}_{start}.mp4'; repeat to try several in order (fields: "
+                           "ytid, start, end in seconds ({start} 30 or 2.5, {start:.3f} 30.000, {start:06d} "
+                           "000030), start_ms, end_ms; epic: participant_id, video_id); other common extensions "
+                           "are tried too (default: AudioSet YTID_30.mp4, YTID_30_40.mp4, YTID_30.000_40.000.mp4, "
+                           "YTID_2.5_12.5.mp4, YTID_000030_000040.mp4, YTID.mp4, ...)")
     prep.add_argument("--keep-missing", action="store_true",
                       help="keep rows whose file is missing (with the expected path) instead of leaving them out")
     prep.add_argument("--full-videos", action="store_true",

@@ -111,6 +111,10 @@ class TrainConfig(Schema):
     """Sample rows with weights that balance the classes (AudioSet)."""
     init_from: str | None = None
     """A from_pretrained directory, or ViT weights (.npz / .safetensors / .pth) to start from."""
+    log_every: PositiveInt = 50
+    """Without a terminal (log files, batch jobs): a progress line every this many steps."""
+    max_bad_steps: PositiveInt = 10
+    """Updates in a row with a non-finite loss (each skipped, its clips logged) before the run stops."""
 
 
 SECTIONS: dict[str, type[Schema]] = {"model": MBTConfig, "data": DataConfig, "train": TrainConfig}

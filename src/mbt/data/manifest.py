@@ -74,12 +74,13 @@ def _seconds(value: str, path: Path, line: int, key: str) -> float | None:
     return seconds
 
 
-def read_manifest(path: str | Path) -> list[ManifestRow]:
+def read_manifest(path: str | Path, *, labels_required: bool = True) -> list[ManifestRow]:
+    """The rows of a manifest. `labels_required=False` (prediction) also accepts a header with `path` alone."""
     path = Path(path)
     with io.StringIO(read_text(path, "manifest"), newline="") as handle:
         reader = csv.DictReader(handle)
         header = [h.strip() for h in (reader.fieldnames or [])]
-        if "path" not in header or "labels" not in header:
+        if "path" not in header or ("labels" not in header and labels_required):
             raise ManifestError(f"{path}: header must start with path,labels[,start,end]; got {header}")
         rows = []
         for line, record in enumerate(reader, 2):
@@ -87,7 +88,7 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
             file = record["path"].strip()
             if not file:
                 raise ManifestError(f"{path}:{line}: empty path")
-            labels = tuple(label.strip() for label in record["labels"].split(";") if label.strip())
+            labels = tuple(label.strip() for label in record.get("labels", "").split(";") if label.strip())
             start = _seconds(record.get("start", ""), path, line, "start")
             end = _seconds(record.get("end", ""), path, line, "end")
             if start is not None and end is not None and end <= start:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ import av
 
 from mbt.data.manifest import ManifestRow, read_manifest, write_manifest
 from mbt.data.parallel import map_with_progress
+from mbt.fileio import describe_os_error, write_json
 from mbt.media.decode import DECODER_ERRORS, MediaError, open_media
 
 log = logging.getLogger("mbt.data")
@@ -195,8 +195,7 @@ def transcode_file(src: str | Path, dst: str | Path, *, short_side: int = 256, g
         raise TranscodeError(f"{src}: {e.reason}", e.kind) from None
     except _OutputError as e:
         code = getattr(e.error, "errno", None)
-        reason = getattr(e.error, "strerror", None) or str(e.error)
-        raise TranscodeError(f"{src}: cannot write {dst}: {reason}",
+        raise TranscodeError(f"{src}: cannot write {dst}: {describe_os_error(e.error, dst)}",
                              "output" if code in _IO_ERRNOS else "encode") from None
     except DECODER_ERRORS as e:
         raise TranscodeError(f"{src}: {type(e).__name__}: {e}") from None
@@ -305,5 +304,5 @@ def transcode_manifest(manifest: str | Path, out: str | Path, *, short_side: int
             for row in rows if row.path not in failed]
     write_manifest(report.manifest, kept)
     report.rows = len(kept)
-    (out / REPORT_NAME).write_text(json.dumps(report.to_json(), indent=1) + "\n")
+    write_json(out / REPORT_NAME, report.to_json(), what="transcode report")
     return report

@@ -85,9 +85,26 @@ def gather_objects(obj, info: DistInfo) -> list:
 def all_reduce_sum(value: float, info: DistInfo) -> float:
     if not info.enabled:
         return value
-    t = torch.tensor([value], dtype=torch.float64)
+    t = torch.tensor([value], dtype=torch.float64, device=info.device)  # NCCL reduces device tensors only
     dist.all_reduce(t)
     return float(t.item())
+
+
+def average_gradients(model: torch.nn.Module, info: DistInfo) -> None:
+    """All-reduce (mean) the gradients DDP did not: those accumulated under `no_sync` when the micro-batch that
+    would have synchronised them was skipped by every process."""
+    if not info.enabled:
+        return
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= info.world_size
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
 
 
 def barrier(info: DistInfo) -> None:

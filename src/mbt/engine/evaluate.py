@@ -57,8 +57,14 @@ def evaluate_dataset(model: MBT, dataset: ClipDataset, *, batch_size: int = 8, n
         if batch["target"] is None:
             continue
         inputs = {m: batch["inputs"][m].to(device) for m in modalities}
-        local_rows.append(batch["row"].numpy())
-        local_logits.append(model(**inputs).logits.float().cpu().numpy())
+        logits = model(**inputs).logits.float().cpu()
+        finite = torch.isfinite(logits).all(dim=1)
+        for i in (~finite).nonzero()[:, 0].tolist():  # a clip that drives the model to NaN is named and left out
+            row = int(batch["row"][i])
+            local_skipped.append((row, str(dataset.rows[row].path), "non_finite_output",
+                                  "the model's logits for this clip are not finite"))
+        local_rows.append(batch["row"][finite].numpy())
+        local_logits.append(logits[finite].numpy())
     if was_training:
         model.train()
 
@@ -88,7 +94,8 @@ def evaluate_dataset(model: MBT, dataset: ClipDataset, *, batch_size: int = 8, n
     if len(evaluated):
         metrics = classification_metrics(logits, targets, multi_label=model.config.multi_label,
                                          class_splits=model.config.class_splits, class_names=dataset.class_names)
-    metrics["num_clips"] = int(len(evaluated))
+    metrics["num_clips"] = int(views.sum())  # clips (views) evaluated: num_videos x clips x crops, less skips
+    metrics["num_videos"] = int(len(evaluated))
     metrics["num_skipped"] = len(skipped)
     return EvalResult(metrics, logits, targets, evaluated, skipped)
 

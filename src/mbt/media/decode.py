@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -276,6 +276,27 @@ def probe(path: str | Path) -> MediaInfo:
             video_codec=video.codec_context.name if video is not None else None,
             audio_codec=audio.codec_context.name if audio is not None else None,
         )
+
+
+@dataclass
+class Tracks:
+    """Which of a model's streams a media file can give: `present` and `missing`, both in the model's order."""
+
+    info: MediaInfo
+    present: tuple[str, ...]
+    missing: tuple[str, ...]
+
+
+def probe_tracks(path: str | Path, modalities: Sequence[str]) -> Tracks:
+    """Split `modalities` (stream names such as "video", "audio") into those the file has and those it lacks.
+
+    A name other than video / audio (e.g. "flow") is never in a media file, so it is always missing. Raises
+    MediaError when the file cannot be probed (missing, unreadable, empty).
+    """
+    info = probe(path)
+    available = {"video": info.has_video, "audio": info.has_audio}
+    present = tuple(m for m in modalities if available.get(m, False))
+    return Tracks(info, present, tuple(m for m in modalities if m not in present))
 
 
 def window_start(span_start: float, span_end: float, length: float, position: float, duration: float) -> float:

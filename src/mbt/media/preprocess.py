@@ -45,7 +45,12 @@ class Preprocessor:
     def __init__(self, cfg: PreprocessorConfig):
         self.cfg = cfg
 
-    def __call__(self, path: str | Path, *, train: bool, generator: torch.Generator | None = None,
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> Preprocessor:
+        """The preprocessing a model was trained with, from the `preprocessor.json` beside its weights."""
+        return cls(PreprocessorConfig.load(directory))
+
+    def __call__(self, path: str | Path, *, train: bool = False, generator: torch.Generator | None = None,
                  position: float | None = None, crop: int = 1, start: float | None = None,
                  end: float | None = None, modalities: tuple[str, ...] | None = None) -> Sample:
         """Decode and transform one clip of `path`.
@@ -103,16 +108,19 @@ class Preprocessor:
         spec_frames is padded with 0 before normalisation (AST / CAV-MAE's fbank padding), i.e. -mean/std after.
         """
         cfg = self.cfg
-        if cfg.audio_frontend == "kaldi":
-            spec = kaldi_fbank(wave - wave.mean(), sample_rate=cfg.sample_rate, num_mel_bins=cfg.num_mel_bins,
-                               frame_length_ms=FRAME_LENGTH_MS, frame_shift_ms=FRAME_SHIFT_MS)
-        else:
-            spec = log_mel(wave, sample_rate=cfg.sample_rate, num_mel_bins=cfg.num_mel_bins,
-                           frame_length_ms=FRAME_LENGTH_MS, frame_shift_ms=FRAME_SHIFT_MS)
-        spec = spec[:cfg.spec_frames]
+        spec = self.front_end(wave)[:cfg.spec_frames]
         if spec.shape[0] < cfg.spec_frames:
             spec = torch.nn.functional.pad(spec, (0, 0, 0, cfg.spec_frames - spec.shape[0]))
         return ((spec - cfg.spec_mean) / cfg.spec_std).float()
+
+    def front_end(self, wave: torch.Tensor) -> torch.Tensor:
+        """The audio front end alone, un-normalised and of any length: (frames, num_mel_bins), 100 frames/s."""
+        cfg = self.cfg
+        if cfg.audio_frontend == "kaldi":
+            return kaldi_fbank(wave - wave.mean(), sample_rate=cfg.sample_rate, num_mel_bins=cfg.num_mel_bins,
+                               frame_length_ms=FRAME_LENGTH_MS, frame_shift_ms=FRAME_SHIFT_MS)
+        return log_mel(wave, sample_rate=cfg.sample_rate, num_mel_bins=cfg.num_mel_bins,
+                       frame_length_ms=FRAME_LENGTH_MS, frame_shift_ms=FRAME_SHIFT_MS)
 
     def video_tensor(self, frames_uint8: torch.Tensor, *, train: bool, generator: torch.Generator | None = None,
                      crop: int = 1) -> torch.Tensor:
