@@ -334,7 +334,7 @@ def _table(folder: Path) -> str:
     from mbt.data.check import LABEL_PROBLEMS, WARNING_KINDS, check_manifest
     from mbt.data.datasets import ClipDataset
     from mbt.data.manifest import read_manifest
-    from mbt.engine.predict import predict_file
+    from mbt.engine.predict import predict_files
     from mbt.media.decode import MEDIA_ERROR_KINDS
     from mbt.media.preprocess import Preprocessor
     from mbt.model import MBT
@@ -352,15 +352,16 @@ def _table(folder: Path) -> str:
         evaluate = ClipDataset(rows, list(LABELS), pre, train=False, num_clips=4, **common)
         torch.manual_seed(0)
         model = MBT(cfg.model).eval()
+        predictions = predict_files(model, pre, [folder / case.name for case in CASES])  # `mbt predict`'s defaults
         outcomes = {}
-        for i, case in enumerate(CASES):
+        for i, (case, prediction) in enumerate(zip(CASES, predictions)):
             epochs = []
             for epoch in range(4):
                 train.set_epoch(epoch)
                 epochs.append(train[i])
             views = [evaluate[i * evaluate.views_per_row + v] for v in range(evaluate.views_per_row)]
             outcomes[case.name] = (_dataset_outcome(epochs, "of 4 epochs"), _dataset_outcome(views, "of 4 clips"),
-                                   _predict_outcome(predict_file(model, pre, folder / case.name)))
+                                   _predict_outcome(prediction))
     checked: dict[str, list[str]] = {}
     for entry in report.problems:
         checked.setdefault(Path(entry["path"]).name, []).append(f"**problem** `{entry['kind']}`")
@@ -379,8 +380,8 @@ def _table(folder: Path) -> str:
         "counted by kind, and never reaches the model; padded windows are used, logged once per clip and counted.",
         "- **evaluate**: `mbt evaluate --clips 4`: unusable views are skipped (a video with none left is counted in "
         "`num_skipped`); padding is not limited there (every view of a short clip is padded alike).",
-        "- **predict**: `mbt predict` (an error makes the exit code 1; a file lacking one stream is predicted from "
-        "the other, with a warning).",
+        "- **predict**: `mbt predict` (4 clips averaged; an error makes the exit code 1; a file lacking one stream "
+        "is predicted from the other, with a warning).",
         "",
         "| file | what it is | data check | train | evaluate | predict |",
         "|---|---|---|---|---|---|",
@@ -419,10 +420,11 @@ def _dataset_outcome(items: list[dict], of: str) -> str:
 
 
 def _predict_outcome(prediction) -> str:
-    if prediction.error:
-        return f"error `{prediction.error.split(':')[0]}`"
-    notes = [w for w in prediction.warnings if "no video track" in w or "no audio track" in w]
-    return "predicted" + (f" ({notes[0].split(':')[0]})" if notes else "")
+    if prediction.skipped:
+        return f"error `{prediction.skipped.split(':')[0]}`"
+    notes = [f"no {m} track" for m in prediction.missing]
+    views = f", {prediction.num_views} of 4 clips" if prediction.num_views < 4 else ""
+    return "predicted" + (f" ({notes[0]}{views})" if notes else f" ({views[2:]})" if views else "")
 
 
 if __name__ == "__main__":
