@@ -259,3 +259,20 @@ def test_prepare_command_reports_a_missing_media_folder(tmp_path, capsys):
     code = main(["data", "prepare", "vggsound", "--annotations", str(tmp_path), "--media", str(tmp_path / "nope"),
                  "--out", str(tmp_path / "out")])
     assert code == 2 and "media folder does not exist" in capsys.readouterr().err
+
+
+def test_annotation_files_saved_with_a_byte_order_mark_read_as_utf8(audioset):
+    """Spreadsheet programs save CSV with a BOM: the header's first column must still be found."""
+    ann, media, out = audioset
+    labels = (ann / "class_labels_indices.csv")
+    labels.write_bytes(b"\xef\xbb\xbf" + labels.read_bytes())
+    result = prepare_audioset(ann, media, out)
+    assert read_classes(result.classes)[0] == "Speech"
+
+
+def test_an_annotation_file_in_another_encoding_names_the_file_and_line(audioset):
+    ann, media, out = audioset
+    (ann / "class_labels_indices.csv").write_bytes(AUDIOSET_LABELS.replace("Music", "Musique \xe9t\xe9")
+                                                   .encode("latin-1"))
+    with pytest.raises(ManifestError, match=r"class_labels_indices.csv:4: .*not UTF-8.*0xe9"):
+        prepare_audioset(ann, media, out)

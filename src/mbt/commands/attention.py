@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from mbt.analysis.attention import capture_attention, default_layers, plot_attention_maps
     from mbt.engine.evaluate import load_for_inference
     from mbt.engine.predict import scores_from_logits
+    from mbt.errors import DataError
     from mbt.media.decode import probe_tracks
     from mbt.model.fusion import describe_fusion
 
@@ -49,8 +50,8 @@ def run(args: argparse.Namespace) -> int:
     layers = _parse_layers(args.layers) or default_layers(model)
     tracks = probe_tracks(args.video, model.config.modalities)
     wanted = tracks.present
-    if not wanted:
-        raise ValueError(f"{args.video}: has none of the model's streams {model.config.modalities}")
+    if not wanted:  # a data problem (exit 1), like a file that does not decode
+        raise DataError(f"{args.video}: has none of the model's streams {model.config.modalities}")
     for m in tracks.missing:
         log.warning("%s: no %s track; drawing the attention of %s alone", args.video, m, ", ".join(wanted))
     sample = preprocessor(args.video, modalities=wanted)

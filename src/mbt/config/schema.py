@@ -47,6 +47,8 @@ class DataConfig(ClipSampling, Augmentation):
     """Evaluation: 1 centre crop, or 3 (left / centre / right)."""
     on_missing_modality: Literal["skip", "error"] = "skip"
     """A clip lacking a modality the model needs: 'skip' (logged and counted) or 'error'."""
+    max_pad_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    """Training skips (and counts) a window more than this fraction padding, either modality; see the README."""
     cache: bool = False
     """Decode every clip once and keep it in memory, without per-epoch augmentation (small sets, the demo)."""
 

@@ -5,14 +5,17 @@ Training gives one randomly placed, augmented clip per manifest row; its randomn
 data-loader workers. Evaluation gives `num_clips` evenly spaced clips x `num_crops` crops per row ("views"),
 flattened as `row * views_per_row + view`; the engine averages the logits of a row's views.
 
-A clip that cannot be used (missing file, corrupt, lacking a modality the model needs) is never turned into a
-zero tensor with a label: the item is a skip marker that the collate function lists in `batch["skipped"]`, so the
-count survives worker processes and the engine can report it.
+A clip that cannot be used (missing file, corrupt, lacking a modality the model needs, NaN samples, a training
+window mostly padding) is never turned into a zero tensor with a label: the item is a skip marker that the collate
+function lists in `batch["skipped"]`, so the count survives worker processes and the engine can report it; padded
+clips are listed in `batch["padded"]`. The dataset itself logs neither (it runs in workers, once per epoch): the
+consumer does, once per clip, with `ClipLog`.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -58,8 +61,11 @@ class ClipDataset(Dataset):
     second's) -> int64 (num_splits,), label j of a row being looked up among split j's names. Labels are checked
     when the dataset is built: an unknown label is a ManifestError naming the manifest line.
 
-    An unusable clip (MediaError: missing, unreadable, empty, or lacking one of `modalities`) is logged and
-    returned as a skip marker with `on_missing_modality="skip"`; with "error" the MediaError is raised.
+    An unusable clip (a MediaError: missing, unreadable, corrupt, non-finite, lacking one of `modalities`...) is
+    returned as a skip marker with `on_missing_modality="skip"`; with "error" the MediaError is raised (in the
+    main process too: a worker's MediaError is rebuilt from its message). A window whose padding (either modality)
+    is more than `max_pad_fraction` is a skip of kind `too_much_padding` in either mode; None accepts any padding
+    (evaluation: every view of a short clip is padded alike).
 
     `set_epoch` must reach the dataset the workers use: the engine calls it before creating each epoch's iterator
     (non-persistent workers copy the dataset then).
@@ -68,7 +74,7 @@ class ClipDataset(Dataset):
     def __init__(self, rows: list[ManifestRow], class_names: list[str], preprocessor: Preprocessor, *,
                  train: bool, modalities: tuple[str, ...], multi_label: bool = False,
                  class_splits: tuple[int, ...] | None = None, num_clips: int = 1, num_crops: int = 1,
-                 on_missing_modality: str = "skip", seed: int = 0):
+                 on_missing_modality: str = "skip", seed: int = 0, max_pad_fraction: float | None = None):
         if on_missing_modality not in ("skip", "error"):
             raise ValueError(f"on_missing_modality must be 'skip' or 'error', got {on_missing_modality!r}")
         if class_splits is not None and multi_label:
@@ -83,6 +89,7 @@ class ClipDataset(Dataset):
         self.multi_label = multi_label
         self.class_splits = tuple(class_splits) if class_splits is not None else None
         self.on_missing_modality = on_missing_modality
+        self.max_pad_fraction = max_pad_fraction
         self.seed = seed
         self.epoch = 0
         # training samples one random clip per row; evaluation enumerates the views
@@ -173,12 +180,21 @@ class ClipDataset(Dataset):
         except MediaError as e:
             if self.on_missing_modality == "error":
                 raise
-            log.warning("skipping %s (manifest line %d): %s: %s", row.path, row.line, e.kind, e.reason)
             return {"skipped": e.reason, "kind": e.kind, "row": row_index, "path": str(row.path)}
+        pads = {"video": sample.video_pad_fraction, "audio": sample.audio_pad_fraction}
+        worst = max(pads, key=pads.get)
+        if self.max_pad_fraction is not None and pads[worst] > self.max_pad_fraction:
+            reason = (f"{pads[worst]:.0%} of the {worst} window would be padding (data.max_pad_fraction "
+                      f"{self.max_pad_fraction:g}): the file is shorter than the window, cut off or damaged")
+            return {"skipped": reason, "kind": "too_much_padding", "row": row_index, "path": str(row.path)}
         for warning in sample.warnings:
             log.debug("%s: %s", row.path, warning)
-        return {"inputs": {m: sample.inputs[m] for m in self.modalities}, "target": self._target(row_index),
+        item = {"inputs": {m: sample.inputs[m] for m in self.modalities}, "target": self._target(row_index),
                 "row": row_index, "view": index % self.views_per_row}
+        if sample.video_padded or sample.audio_padded:
+            item["padded"] = (str(row.path), sample.video_pad_fraction if sample.video_padded else 0.0,
+                              sample.audio_pad_fraction if sample.audio_padded else 0.0)
+        return item
 
 
 class _RowTargets(Sequence):
@@ -195,7 +211,8 @@ class _RowTargets(Sequence):
 
 
 def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Stack the usable items; `skipped` lists (row, path, kind, reason) of the others.
+    """Stack the usable items; `skipped` lists (row, path, kind, reason) of the others, `padded` (row, path, video
+    fraction, audio fraction) of the usable items that were padded beyond the tolerance.
 
     A batch whose items were all skipped has empty `inputs`, `target` None and zero-length `row` / `view`.
     """
@@ -208,5 +225,43 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "row": torch.tensor([item["row"] for item in usable], dtype=torch.int64),
         "view": torch.tensor([item["view"] for item in usable], dtype=torch.int64),
         "skipped": skipped,
+        "padded": [(item["row"], *item["padded"]) for item in usable if "padded" in item],
     }
     return batch
+
+
+class ClipLog:
+    """Logs each skipped or padded clip of a run once (not once per epoch) and counts them by kind.
+
+    `record(batch)` after each batch of `collate`; `take_counts()` returns the counts since the last call (e.g. per
+    epoch, for metrics.jsonl): {"skipped": {kind: n}, "padded": n}. A row skipped in one epoch and used in another
+    (a random window of a cut-off file) is logged once for each.
+    """
+
+    def __init__(self, logger: logging.Logger, what: str = "clip"):
+        self.log = logger
+        self.what = what
+        self._skips_logged: set[int] = set()
+        self._pads_logged: set[int] = set()
+        self.skipped: Counter[str] = Counter()
+        self.padded = 0
+
+    def record(self, batch: dict[str, Any]) -> None:
+        for row, path, kind, reason in batch["skipped"]:
+            self.skipped[kind] += 1
+            if row not in self._skips_logged:
+                self._skips_logged.add(row)
+                self.log.warning("skipped %s %s (%s): %s", self.what, path, kind, reason)
+        for row, path, video_fraction, audio_fraction in batch.get("padded", ()):
+            self.padded += 1
+            if row not in self._pads_logged:
+                self._pads_logged.add(row)
+                parts = [f"{f:.0%} of the {m} window" for m, f in (("video", video_fraction),
+                                                                    ("audio", audio_fraction)) if f > 0]
+                self.log.info("padded %s %s: %s filled (repeated frames / silence)", self.what, path,
+                              " and ".join(parts))
+
+    def take_counts(self) -> dict[str, Any]:
+        counts = {"skipped": dict(self.skipped), "padded": self.padded}
+        self.skipped, self.padded = Counter(), 0
+        return counts

@@ -9,6 +9,7 @@ are left out of the manifest unless `keep_missing` is set.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 from collections import Counter
@@ -16,7 +17,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mbt.data.manifest import ManifestError, ManifestRow, write_classes, write_manifest
+from mbt.data.manifest import ManifestError, ManifestRow, read_text, write_classes, write_manifest
 
 log = logging.getLogger("mbt.data")
 
@@ -196,11 +197,7 @@ class _SplitWriter:
 
 def _read_csv(path: Path) -> Iterator[tuple[int, list[str]]]:
     """(line number, stripped fields) of each record of a CSV file, `#` comment lines and blank lines skipped."""
-    try:
-        handle = path.open(newline="", encoding="utf-8")
-    except OSError as e:
-        raise ManifestError(f"{path}: cannot read: {e.strerror}") from None
-    with handle:
+    with io.StringIO(read_text(path, "annotation file"), newline="") as handle:
         # skipinitialspace: AudioSet writes `id, 30.000, 40.000, "/m/a,/m/b"`, a space before the quote.
         reader = csv.reader(handle, skipinitialspace=True)
         for fields in reader:

@@ -225,7 +225,8 @@ def predict_files(model: MBT, preprocessor: Preprocessor, paths: Sequence[str | 
         prediction = Prediction(requests[outcome.index].path, missing=list(outcome.missing),
                                 warnings=list(outcome.warnings), num_views=outcome.num_views)
         if outcome.error is None and not bool(torch.isfinite(outcome.logits).all()):
-            outcome.error = MediaError("non_finite_output", "the model's logits for this clip are not finite")
+            outcome.error = MediaError("non_finite", requests[outcome.index].path,
+                                       "the model's logits for this file are not finite (damaged weights?)")
         if outcome.error is not None:
             prediction.skipped = f"{outcome.error.kind}: {outcome.error.reason}"
             prediction.error = outcome.error

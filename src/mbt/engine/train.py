@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from mbt.config import Config
 from mbt.data.cache import InMemoryClips
-from mbt.data.datasets import ClipDataset, collate
+from mbt.data.datasets import ClipDataset, ClipLog, collate
 from mbt.data.manifest import read_classes, read_manifest
 from mbt.engine import distributed as D
 from mbt.engine.checkpoint import (
@@ -218,6 +218,8 @@ class Run:
     progress: bool
     resume_from: Resumable | None = None  # the verified checkpoint `restore` continues from
     log_file: RunLogFile | None = None
+    # each skipped / padded training clip logged once per run (padded ones counted: take_counts())
+    clip_log: ClipLog = field(default_factory=lambda: ClipLog(log, "training clip"))
 
     @property
     def num_workers(self) -> int:
@@ -237,7 +239,7 @@ def _datasets(cfg: Config, class_names: list[str], preprocessor: Preprocessor, p
     dataset = ClipDataset(rows, class_names, preprocessor, train=not cfg.data.cache,
                           modalities=model_cfg.modalities, multi_label=model_cfg.multi_label,
                           class_splits=model_cfg.class_splits, on_missing_modality=cfg.data.on_missing_modality,
-                          seed=tc.seed)
+                          seed=tc.seed, max_pad_fraction=cfg.data.max_pad_fraction)
     val_dataset = None
     if cfg.data.val:
         val_dataset = ClipDataset(read_manifest(cfg.data.val), class_names, preprocessor, train=False,
@@ -384,8 +386,8 @@ def micro_step(run: Run, batch: dict[str, Any], state: TrainState, *, sync: bool
     that some process cannot use is skipped by all. `sync=False` accumulates without the all-reduce.
     """
     tc, info = run.cfg.train, run.info
-    for _row, path, kind, reason in batch["skipped"]:
-        log.warning("skipped training clip %s (%s): %s", path, kind, reason)
+    run.clip_log.record(batch)  # logs each skipped / padded clip once per run, not once per epoch
+    for _row, _path, kind, _reason in batch["skipped"]:
         state.epoch_skips[kind] += 1
     state.skipped += len(batch["skipped"])
     usable = batch["target"] is not None

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from mbt.media import transforms
-from mbt.media.decode import decode_clip
+from mbt.media.decode import MediaError, decode_clip
 from mbt.media.fbank import kaldi_fbank, log_mel
 from mbt.media.settings import FRAME_LENGTH_MS, FRAME_SHIFT_MS, MEDIA_MODALITIES, PreprocessorConfig
 
@@ -22,12 +22,17 @@ MODALITIES = MEDIA_MODALITIES
 
 @dataclass
 class Sample:
-    """Model inputs of one clip: "video" (3, T, H, W) float32, "audio" (spec_frames, n_mels) float32."""
+    """Model inputs of one clip: "video" (3, T, H, W) float32, "audio" (spec_frames, n_mels) float32.
+
+    `*_pad_fraction`: the share of each window the file did not cover (repeated frames, silence), see `Clip`.
+    """
 
     inputs: dict[str, torch.Tensor]
     video_padded: bool
     audio_padded: bool
     warnings: list[str]
+    video_pad_fraction: float = 0.0
+    audio_pad_fraction: float = 0.0
 
 
 # An audio window whose peak stays below this (-80 dBFS) is reported as silent.
@@ -53,7 +58,8 @@ class Preprocessor:
         train=True: random window position (from `generator`) unless given, scale-jittered random crop, flip,
         colour augmentation / drop, SpecAugment. train=False: position 0.5 unless given, short-side resize and
         crop `crop` (0 / 1 / 2 = left / centre / right), no augmentation. A requested modality the file lacks
-        raises MediaError (no_video / no_audio): the dataset decides whether that is a skip or an error.
+        raises MediaError (no_video / no_audio): the dataset decides whether that is a skip or an error. So does
+        a clip whose inputs would not be finite (`non_finite`): a NaN must never reach a model.
         """
         cfg = self.cfg
         modalities = tuple(modalities) if modalities is not None else cfg.modalities
@@ -74,13 +80,13 @@ class Preprocessor:
         if clip.video is not None:
             seconds = cfg.num_frames * cfg.frame_stride / cfg.fps
             if clip.video_padded:
-                warnings.append(f"video shorter than the {seconds:.2f} s window at {clip.video_start:.2f} s: "
-                                "last frame repeated")
+                warnings.append(f"{clip.video_pad_fraction:.0%} of the {seconds:.2f} s video window at "
+                                f"{clip.video_start:.2f} s has no frame of its own: the nearest frame is repeated")
             inputs["video"] = self.video_tensor(clip.video, train=train, generator=generator, crop=crop)
         if clip.audio is not None:
             if clip.audio_padded:
-                warnings.append(f"audio shorter than the {cfg.audio_seconds:.2f} s window at "
-                                f"{clip.audio_start:.2f} s: padded with silence")
+                warnings.append(f"{clip.audio_pad_fraction:.0%} of the {cfg.audio_seconds:.2f} s audio window at "
+                                f"{clip.audio_start:.2f} s is not in the file: padded with silence")
             if clip.audio.abs().max().item() < SILENCE_PEAK:
                 warnings.append("silent audio: the window's peak is below -80 dBFS")
             spec = self.spectrogram(clip.audio)
@@ -88,8 +94,12 @@ class Preprocessor:
                 spec = transforms.spec_augment(spec, generator, cfg.freq_mask_count, cfg.freq_mask_width,
                                                cfg.time_mask_count, cfg.time_mask_width)
             inputs["audio"] = spec
+        # The decoder already refuses non-finite samples; this guards the front end too (video comes from uint8).
+        if "audio" in inputs and not torch.isfinite(inputs["audio"]).all():
+            raise MediaError("non_finite", path, "the audio spectrogram holds NaN or infinite values")
         return Sample(inputs=inputs, video_padded=clip.video_padded, audio_padded=clip.audio_padded,
-                      warnings=warnings)
+                      warnings=warnings, video_pad_fraction=clip.video_pad_fraction,
+                      audio_pad_fraction=clip.audio_pad_fraction)
 
     def spectrogram(self, wave: torch.Tensor) -> torch.Tensor:
         """Front end + pad/crop to spec_frames + normalisation: (spec_frames, num_mel_bins) float32.
