@@ -111,6 +111,8 @@ class TrainConfig(Schema):
     """A from_pretrained directory, or ViT weights (.npz / .safetensors / .pth) to start from."""
     max_bad_steps: PositiveInt = 10
     """Updates in a row with a non-finite loss (each skipped, its clips logged) before the run stops."""
+    compile: bool = False
+    """torch.compile the model for training (inductor; the first steps compile); outputs agree up to float rounding."""
 
 
 SECTIONS: dict[str, type[Schema]] = {"model": MBTConfig, "data": DataConfig, "train": TrainConfig}

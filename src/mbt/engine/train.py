@@ -264,10 +264,12 @@ def setup_run(cfg: Config, out_dir: str | Path, *, resume: bool = False, overwri
         initialise(model, tc.init_from)
     model.preprocessing = prep_cfg
     model.to(info.device)
-    ddp_model = model
+    # Compiled, the training forward runs inductor's kernels over the same parameters; state dicts, evaluation
+    # and checkpoints keep using `model` itself (no `_orig_mod.` prefix).
+    ddp_model = torch.compile(model) if tc.compile else model
     if info.enabled:
         ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
+            ddp_model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
     optimizer = make_optimizer(model, cfg)
 
     batches_per_epoch = len(epoch_batches(D.shard_indices(len(dataset), 0, tc.seed, info, shuffle=True),
