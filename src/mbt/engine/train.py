@@ -21,8 +21,9 @@ from torch.utils.data import DataLoader
 
 from mbt.config import Config
 from mbt.data.cache import InMemoryClips
+from mbt.data.compact import read_compact_manifest
 from mbt.data.datasets import ClipDataset, collate
-from mbt.data.manifest import read_classes, read_manifest
+from mbt.data.manifest import read_classes
 from mbt.engine import distributed as D
 from mbt.engine.checkpoint import (
     Resumable,
@@ -194,7 +195,7 @@ class Run:
 
 def _datasets(cfg: Config, class_names: list[str], preprocessor: Preprocessor, progress: bool):
     tc, model_cfg = cfg.train, cfg.model
-    rows = read_manifest(cfg.data.train) if cfg.data.train else None
+    rows = read_compact_manifest(cfg.data.train) if cfg.data.train else None
     if not rows:
         raise ValueError("data.train: a training manifest with at least one row is needed")
     dataset = ClipDataset(rows, class_names, preprocessor, train=not cfg.data.cache,
@@ -203,7 +204,7 @@ def _datasets(cfg: Config, class_names: list[str], preprocessor: Preprocessor, p
                           seed=tc.seed)
     val_dataset = None
     if cfg.data.val:
-        val_dataset = ClipDataset(read_manifest(cfg.data.val), class_names, preprocessor, train=False,
+        val_dataset = ClipDataset(read_compact_manifest(cfg.data.val), class_names, preprocessor, train=False,
                                   modalities=model_cfg.modalities, multi_label=model_cfg.multi_label,
                                   class_splits=model_cfg.class_splits, num_clips=1, num_crops=1,
                                   on_missing_modality="skip")
