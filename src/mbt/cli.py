@@ -49,8 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         getattr(args, trailing).extend(extra)
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    # Under torchrun one process speaks: rank 0 logs INFO, the others only warnings and errors, named by rank.
+    rank = process_rank()
+    prefix = f"[rank {rank}] " if rank else ""
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"{prefix}%(levelname)s %(name)s: %(message)s")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -60,14 +63,22 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except KeyboardInterrupt:
-        print(f"mbt {args.command}: interrupted", file=sys.stderr)
+        print(f"{prefix}mbt {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # every failure is one line and an exit code (errors.py); -v adds the traceback
         code, line = describe_failure(args.command, e)
         if args.verbose:
             traceback.print_exc()
-        print(line, file=sys.stderr)
+        print(prefix + line, file=sys.stderr)
         return code
+
+
+def process_rank() -> int:
+    """This process's rank under torchrun (its RANK variable), 0 otherwise."""
+    try:
+        return max(int(os.environ.get("RANK", "0")), 0)
+    except ValueError:
+        return 0
 
 
 def describe_failure(command: str, error: Exception) -> tuple[int, str]:

@@ -23,11 +23,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mbt.cli import process_rank
     from mbt.config import load_config
     from mbt.recipes.train import train
 
     cfg = load_config(args.config, args.overrides)
     result = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    if process_rank() != 0:  # under torchrun the summary is rank 0's to print
+        return 0
     last = result.history[-1] if result.history else {}
     summary = ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k.startswith("val_") and isinstance(v, float))
     print(f"trained {result.steps} steps in {result.seconds:.0f} s ({result.clips_per_second:.1f} clips/s)"

@@ -115,6 +115,8 @@ class TrainConfig(Schema):
     """Without a terminal (log files, batch jobs): a progress line every this many steps."""
     max_bad_steps: PositiveInt = 10
     """Updates in a row with a non-finite loss (each skipped, its clips logged) before the run stops."""
+    compile: bool = False
+    """torch.compile the model for training (inductor; the first steps compile); outputs agree up to float rounding."""
 
 
 SECTIONS: dict[str, type[Schema]] = {"model": MBTConfig, "data": DataConfig, "train": TrainConfig}

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from mbt.data.compact import CompactManifest, compact_label_indices
 from mbt.data.manifest import ManifestError, ManifestRow
 from mbt.media.decode import MediaError
 from mbt.media.preprocess import Preprocessor
@@ -81,7 +82,8 @@ class ClipDataset(Dataset):
             raise ValueError("class_splits are softmax heads; they cannot be multi-label")
         if class_splits is not None and sum(class_splits) != len(class_names):
             raise ValueError(f"class_splits {tuple(class_splits)} do not sum to the {len(class_names)} classes")
-        self.rows = list(rows)
+        # a CompactManifest stays as it is: its arrays are what forked workers share (see data/compact.py)
+        self.rows = rows if isinstance(rows, CompactManifest) else list(rows)
         self.class_names = list(class_names)
         self.preprocessor = preprocessor
         self.train = train
@@ -97,14 +99,20 @@ class ClipDataset(Dataset):
         self.crops = eval_crops(1 if train else num_crops)
         # Label indices of all rows in two flat arrays (row r: labels[offsets[r]:offsets[r + 1]]): checked now,
         # compact for millions of rows, and shared copy-on-write by forked workers (lists of tensors are not).
+        if isinstance(self.rows, CompactManifest) and self.class_splits is None:
+            self._labels, self._offsets = compact_label_indices(self.rows, self.class_names,
+                                                                multi_label=self.multi_label)
+        else:
+            self._labels, self._offsets = self._flat_label_indices()
+
+    def _flat_label_indices(self) -> tuple[np.ndarray, np.ndarray]:
         lookups = self._split_indices()
         indices: list[int] = []
         offsets = [0]
         for row in self.rows:
             indices += self._label_indices(row, lookups)
             offsets.append(len(indices))
-        self._labels = np.asarray(indices, dtype=np.int64)
-        self._offsets = np.asarray(offsets, dtype=np.int64)
+        return np.asarray(indices, dtype=np.int64), np.asarray(offsets, dtype=np.int64)
 
     # ---------------------------------------------------------------- targets
     def _split_indices(self) -> list[dict[str, int]]:

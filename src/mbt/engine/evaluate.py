@@ -14,8 +14,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from mbt.bars import bar
+from mbt.data.compact import read_compact_manifest
 from mbt.data.datasets import ClipDataset, collate
-from mbt.data.manifest import read_manifest
 from mbt.engine import distributed as D
 from mbt.engine.metrics import classification_metrics, write_per_class_ap
 from mbt.media.preprocess import Preprocessor
@@ -120,7 +120,8 @@ def evaluate_checkpoint(checkpoint: str | Path, manifest: str | Path, *, num_cli
     unknown = [m for m in modalities if m not in model.config.modalities]
     if unknown:
         raise ValueError(f"--modalities: {unknown[0]!r} is not a modality of this model {model.config.modalities}")
-    dataset = ClipDataset(read_manifest(manifest), class_names, preprocessor, train=False, modalities=modalities,
+    dataset = ClipDataset(read_compact_manifest(manifest), class_names, preprocessor, train=False,
+                          modalities=modalities,
                           multi_label=model.config.multi_label, class_splits=model.config.class_splits,
                           num_clips=num_clips, num_crops=num_crops, on_missing_modality="skip")
     result = evaluate_dataset(model, dataset, batch_size=batch_size, num_workers=num_workers, info=info,

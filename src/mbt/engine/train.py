@@ -21,8 +21,9 @@ from torch.utils.data import DataLoader
 
 from mbt.config import Config
 from mbt.data.cache import InMemoryClips
+from mbt.data.compact import read_compact_manifest
 from mbt.data.datasets import ClipDataset, ClipLog, collate
-from mbt.data.manifest import read_classes, read_manifest
+from mbt.data.manifest import read_classes
 from mbt.engine import distributed as D
 from mbt.engine.checkpoint import (
     Resumable,
@@ -233,7 +234,7 @@ class Run:
 
 def _datasets(cfg: Config, class_names: list[str], preprocessor: Preprocessor, progress: bool):
     tc, model_cfg = cfg.train, cfg.model
-    rows = read_manifest(cfg.data.train) if cfg.data.train else None
+    rows = read_compact_manifest(cfg.data.train) if cfg.data.train else None
     if not rows:
         raise ValueError("data.train: a training manifest with at least one row is needed")
     dataset = ClipDataset(rows, class_names, preprocessor, train=not cfg.data.cache,
@@ -242,7 +243,7 @@ def _datasets(cfg: Config, class_names: list[str], preprocessor: Preprocessor, p
                           seed=tc.seed, max_pad_fraction=cfg.data.max_pad_fraction)
     val_dataset = None
     if cfg.data.val:
-        val_dataset = ClipDataset(read_manifest(cfg.data.val), class_names, preprocessor, train=False,
+        val_dataset = ClipDataset(read_compact_manifest(cfg.data.val), class_names, preprocessor, train=False,
                                   modalities=model_cfg.modalities, multi_label=model_cfg.multi_label,
                                   class_splits=model_cfg.class_splits, num_clips=1, num_crops=1,
                                   on_missing_modality="skip")
@@ -317,10 +318,12 @@ def _build_run(cfg: Config, out_dir: Path, info: D.DistInfo, class_names: list[s
         initialise(model, tc.init_from)
     model.preprocessing = prep_cfg
     model.to(info.device)
-    ddp_model = model
+    # Compiled, the training forward runs inductor's kernels over the same parameters; state dicts, evaluation
+    # and checkpoints keep using `model` itself (no `_orig_mod.` prefix).
+    ddp_model = torch.compile(model) if tc.compile else model
     if info.enabled:
         ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
+            ddp_model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
     optimizer = make_optimizer(model, cfg)
 
     batches_per_epoch = len(epoch_batches(D.shard_indices(len(dataset), 0, tc.seed, info, shuffle=True),

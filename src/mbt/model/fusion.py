@@ -62,7 +62,9 @@ def _bottleneck(blocks: dict[str, Block], tokens: Tokens, bottleneck: torch.Tens
     out, updates = {}, []
     for m, x in tokens.items():  # every stream reads the same bottleneck (parallel, not sequential)
         y = blocks[m](torch.cat([x, bottleneck], dim=1))
-        out[m], update = y[:, :-n_bottleneck], y[:, -n_bottleneck:]
+        # One split, not two slices: its backward writes the block's gradient once (a cat of both parts), where two
+        # slices each zero-fill a full-size gradient, copy their part in, and autograd then adds the two.
+        out[m], update = y.split([x.shape[1], n_bottleneck], dim=1)
         updates.append(update)
     # The streams' copies are averaged after every layer: the only path between the streams.
     return out, torch.stack(updates, dim=0).mean(dim=0)
