@@ -307,6 +307,27 @@ def _decode_audio(container: av.container.InputContainer, path: str | Path, star
     return torch.from_numpy(wave), missing > PAD_TOLERANCE_S * sample_rate
 
 
+AUDIO_WINDOWS = ("contained", "looped", "synced")
+
+
+def _looped_audio(container: av.container.InputContainer, path: str | Path, origin: float, span: tuple[float, float],
+                  start: float, seconds: float, sample_rate: int) -> tuple[torch.Tensor, bool]:
+    """`seconds` of audio from `start` that wrap round to the span's start at its end, as the official DMVR
+    `sample_sequence` (repeat_sequence=True) does with the spectrogram frames of a stored clip."""
+    wanted = round(seconds * sample_rate)
+    span_samples = max(round((span[1] - span[0]) * sample_rate), 1)
+    pieces, count, padded, t = [], 0, False, start
+    while count < wanted:
+        # the rest of the span from t, in whole samples, at most what is still wanted
+        samples = min(max(round((span[1] - t) * sample_rate), 1), wanted - count, span_samples)
+        piece, short = _decode_audio(container, path, origin + t, samples / sample_rate, sample_rate)
+        pieces.append(piece[:samples])
+        count += len(pieces[-1])
+        padded = padded or short  # an audio stream that ends before the span does: silence before the loop
+        t = span[0]
+    return torch.cat(pieces)[:wanted], padded
+
+
 def decode_clip(
     path: str | Path,
     *,
@@ -321,6 +342,7 @@ def decode_clip(
     video: bool = True,
     audio: bool = True,
     max_short_side: int | None = None,
+    audio_window: str = "contained",
 ) -> Clip:
     """Decode the video and audio windows of one clip.
 
@@ -331,9 +353,17 @@ def decode_clip(
     end or duration] (see `window_start`). `max_short_side` lets the decoder's scaler shrink large frames so their
     short side is at most that (never enlarges), which is much cheaper than resizing full-size frames later.
 
+    `audio_window` places the audio window: "contained" as above (silence past the media's end); "looped" at
+    relative `position` of the span's room left after the window (official evaluation windows, and training
+    without video), "synced" starting where the video window starts, i.e. at the same proportion of the span
+    (official training: DMVR's `sample_offset_proportion`); both wrap round to the span's start past its end
+    instead of padding with silence.
+
     Raises MediaError: missing / empty / unreadable file, `no_video` / `no_audio` when a requested modality has no
     stream or no decodable frame, `empty` when the span [start, end] lies outside the media.
     """
+    if audio_window not in AUDIO_WINDOWS:
+        raise ValueError(f"audio_window must be one of {AUDIO_WINDOWS}, got {audio_window!r}")
     if num_frames < 1 or frame_stride < 1 or fps <= 0 or audio_seconds <= 0:
         raise ValueError(f"bad window: num_frames={num_frames}, frame_stride={frame_stride}, fps={fps}, "
                          f"audio_seconds={audio_seconds}")
@@ -351,13 +381,21 @@ def decode_clip(
                                             f"holds no media (the file lasts {duration:.3f} s)")
         video_seconds = num_frames * frame_stride / fps
         video_start = window_start(span_start, span_end, video_seconds, position, duration)
-        audio_start = window_start(span_start, span_end, audio_seconds, position, duration)
+        if audio_window == "contained":
+            audio_start = window_start(span_start, span_end, audio_seconds, position, duration)
+        elif audio_window == "synced":
+            audio_start = max(video_start, span_start)  # the same proportion of the span
+        else:
+            audio_start = span_start + position * max(span_end - span_start - audio_seconds, 0.0)
         frames = wave = None
         video_padded = audio_padded = False
         if video:
             targets = origin + video_start + np.arange(num_frames) * (frame_stride / fps)
             frames, video_padded = _decode_video(container, path, targets, max_short_side)
-        if audio:
+        if audio and audio_window == "contained":
             wave, audio_padded = _decode_audio(container, path, origin + audio_start, audio_seconds, sample_rate)
+        elif audio:
+            wave, audio_padded = _looped_audio(container, path, origin, (span_start, span_end), audio_start,
+                                               audio_seconds, sample_rate)
     return Clip(video=frames, audio=wave, video_padded=video_padded, audio_padded=audio_padded,
                 video_start=video_start, audio_start=audio_start)
