@@ -1,4 +1,4 @@
-"""`mbt predict CHECKPOINT VIDEO... [--top-k K] [--json]`."""
+"""`mbt predict CHECKPOINT VIDEO... [--top-k K] [--json] [--no-fusion]`."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("videos", nargs="+", metavar="VIDEO")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--json", action="store_true", help="print JSON (a list, one object per file)")
+    p.add_argument("--no-fusion", action="store_true",
+                   help="run every layer with the streams apart (the official test_with_bottlenecks=False)")
     p.set_defaults(func=run)
 
 
@@ -22,7 +24,8 @@ def run(args: argparse.Namespace) -> int:
     from mbt.engine.predict import predict_file
 
     model, preprocessor = load_for_inference(args.checkpoint)
-    predictions = [predict_file(model, preprocessor, video, top_k=args.top_k) for video in args.videos]
+    predictions = [predict_file(model, preprocessor, video, top_k=args.top_k, fuse=not args.no_fusion)
+                   for video in args.videos]
     if args.json:
         print(json.dumps([p.to_dict() for p in predictions], indent=1))
     else:

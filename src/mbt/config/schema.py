@@ -19,6 +19,7 @@ PositiveInt = Annotated[int, Field(ge=1)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 NonNegative = Annotated[float, Field(ge=0.0)]
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 DEFAULT_PRESET = "mbt-tiny"
 
 
@@ -120,7 +121,7 @@ class TrainConfig(Schema):
     """Refuse to start without train.init_from (the paper recipes: the paper fine-tunes an ImageNet-21k ViT)."""
     init_audio_cls: Literal["zero", "copy"] = "copy"
     """ViT init: the audio CLS token 'copy' of the ViT's, or 'zero' (official: its name lookup misses it)."""
-    modality_dropout: dict[Literal["video", "audio", "flow"], Fraction] = Field(default_factory=dict)
+    modality_dropout: dict[Literal["video", "audio", "flow"], Probability] = Field(default_factory=dict)
     """Per modality, the fraction of training samples whose stream is dropped (masked), e.g. {audio: 0.25,
     video: 0.25}; a sample loses at most one stream, so the fractions may sum to at most 1."""
 

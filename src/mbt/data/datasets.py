@@ -7,7 +7,9 @@ flattened as `row * views_per_row + view`; the engine averages the logits of a r
 
 A clip that cannot be used (missing file, corrupt, lacking a modality the model needs) is never turned into a
 zero tensor with a label: the item is a skip marker that the collate function lists in `batch["skipped"]`, so the
-count survives worker processes and the engine can report it.
+count survives worker processes and the engine can report it. With `on_missing_modality="mask"` a clip lacking one
+stream is used with the others: the missing stream's input is zeros and the item lists it in `missing`; the collate
+function turns that into `batch["modality_mask"]`, which the model uses so that those zeros reach nothing.
 """
 
 from __future__ import annotations
@@ -23,10 +25,13 @@ from torch.utils.data import Dataset
 from mbt.data.manifest import ManifestError, ManifestRow
 from mbt.media.decode import MediaError
 from mbt.media.preprocess import Preprocessor
+from mbt.media.settings import PreprocessorConfig
 
 log = logging.getLogger("mbt.data")
 
 CENTRE_CROP = 1  # crop index of the Preprocessor: 0 left/top, 1 centre, 2 right/bottom
+ON_MISSING_MODALITY = ("skip", "mask", "error")
+_MISSING_STREAM = {"no_video": "video", "no_audio": "audio"}  # MediaError kinds that name one absent stream
 
 
 def eval_positions(num_clips: int) -> list[float]:
@@ -59,7 +64,8 @@ class ClipDataset(Dataset):
     when the dataset is built: an unknown label is a ManifestError naming the manifest line.
 
     An unusable clip (MediaError: missing, unreadable, empty, or lacking one of `modalities`) is logged and
-    returned as a skip marker with `on_missing_modality="skip"`; with "error" the MediaError is raised.
+    returned as a skip marker with `on_missing_modality="skip"`; with "error" the MediaError is raised; with
+    "mask" a clip lacking one stream (but not all) is used with the streams it has (see the module docstring).
 
     `set_epoch` must reach the dataset the workers use: the engine calls it before creating each epoch's iterator
     (non-persistent workers copy the dataset then).
@@ -69,8 +75,8 @@ class ClipDataset(Dataset):
                  train: bool, modalities: tuple[str, ...], multi_label: bool = False,
                  class_splits: tuple[int, ...] | None = None, num_clips: int = 1, num_crops: int = 1,
                  on_missing_modality: str = "skip", seed: int = 0):
-        if on_missing_modality not in ("skip", "error"):
-            raise ValueError(f"on_missing_modality must be 'skip' or 'error', got {on_missing_modality!r}")
+        if on_missing_modality not in ON_MISSING_MODALITY:
+            raise ValueError(f"on_missing_modality must be one of {ON_MISSING_MODALITY}, got {on_missing_modality!r}")
         if class_splits is not None and multi_label:
             raise ValueError("class_splits are softmax heads; they cannot be multi-label")
         if class_splits is not None and sum(class_splits) != len(class_names):
@@ -162,14 +168,18 @@ class ClipDataset(Dataset):
             raise IndexError(f"index {index} out of range for {len(self)} items")
         row_index, position, crop = self.view(index)
         row = self.rows[row_index]
+        missing: tuple[str, ...] = ()
         try:
-            if self.train:
-                generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch, row_index))
-                sample = self.preprocessor(row.path, train=True, generator=generator, start=row.start, end=row.end,
-                                           modalities=self.modalities)
-            else:
-                sample = self.preprocessor(row.path, train=False, position=position, crop=crop, start=row.start,
-                                           end=row.end, modalities=self.modalities)
+            try:
+                sample = self._sample(row, row_index, position, crop, self.modalities)
+            except MediaError as e:
+                lacking = _MISSING_STREAM.get(e.kind)
+                if self.on_missing_modality != "mask" or lacking not in self.modalities or len(self.modalities) < 2:
+                    raise
+                missing = (lacking,)
+                sample = self._sample(row, row_index, position, crop,
+                                      tuple(m for m in self.modalities if m != lacking))
+                log.debug("%s: no %s; masked", row.path, lacking)
         except MediaError as e:
             if self.on_missing_modality == "error":
                 raise
@@ -177,8 +187,18 @@ class ClipDataset(Dataset):
             return {"skipped": e.reason, "kind": e.kind, "row": row_index, "path": str(row.path)}
         for warning in sample.warnings:
             log.debug("%s: %s", row.path, warning)
-        return {"inputs": {m: sample.inputs[m] for m in self.modalities}, "target": self._target(row_index),
-                "row": row_index, "view": index % self.views_per_row}
+        inputs = {m: sample.inputs[m] if m not in missing else blank_input(self.preprocessor.cfg, m)
+                  for m in self.modalities}
+        return {"inputs": inputs, "target": self._target(row_index), "row": row_index,
+                "view": index % self.views_per_row, "missing": missing}
+
+    def _sample(self, row: ManifestRow, row_index: int, position: float, crop: int, modalities: tuple[str, ...]):
+        if self.train:  # the same generator for a retry without a missing stream: still a function of the item
+            generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch, row_index))
+            return self.preprocessor(row.path, train=True, generator=generator, start=row.start, end=row.end,
+                                     modalities=modalities)
+        return self.preprocessor(row.path, train=False, position=position, crop=crop, start=row.start, end=row.end,
+                                 modalities=modalities)
 
 
 class _RowTargets(Sequence):
@@ -194,13 +214,22 @@ class _RowTargets(Sequence):
         return self._dataset._target(row_index % len(self))
 
 
+def blank_input(cfg: PreprocessorConfig, modality: str) -> torch.Tensor:
+    """Zeros of a stream's input shape: the placeholder of a missing stream, which the modality mask keeps out."""
+    if modality == "video":
+        return torch.zeros(3, cfg.num_frames, cfg.image_size, cfg.image_size)
+    return torch.zeros(cfg.spec_frames, cfg.num_mel_bins)
+
+
 def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Stack the usable items; `skipped` lists (row, path, kind, reason) of the others.
 
     A batch whose items were all skipped has empty `inputs`, `target` None and zero-length `row` / `view`.
+    `modality_mask` {stream: (B,) bool} is there when some item lacks a stream (`on_missing_modality="mask"`).
     """
     usable = [item for item in items if "skipped" not in item]
     skipped = [(item["row"], item["path"], item["kind"], item["skipped"]) for item in items if "skipped" in item]
+    lacking = {m for item in usable for m in item.get("missing", ())}
     batch: dict[str, Any] = {
         "inputs": {m: torch.stack([item["inputs"][m] for item in usable]) for m in (usable[0]["inputs"]
                                                                                      if usable else ())},
@@ -209,4 +238,7 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "view": torch.tensor([item["view"] for item in usable], dtype=torch.int64),
         "skipped": skipped,
     }
+    if lacking:
+        batch["modality_mask"] = {m: torch.tensor([m not in item.get("missing", ()) for item in usable])
+                                  for m in sorted(lacking)}
     return batch

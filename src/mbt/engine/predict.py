@@ -44,7 +44,9 @@ def scores_from_logits(logits: torch.Tensor, model: MBT) -> list[tuple[str | Non
 
 
 @torch.no_grad()
-def predict_file(model: MBT, preprocessor: Preprocessor, path: str | Path, top_k: int = 5) -> Prediction:
+def predict_file(model: MBT, preprocessor: Preprocessor, path: str | Path, top_k: int = 5, *,
+                 fuse: bool = True) -> Prediction:
+    """Top-k labels of the centre clip; `fuse=False` runs the streams apart (official test_with_bottlenecks=False)."""
     prediction = Prediction(str(path))
     class_names = preprocessor.cfg.class_names or [str(i) for i in range(model.config.num_classes)]
     try:
@@ -67,7 +69,7 @@ def predict_file(model: MBT, preprocessor: Preprocessor, path: str | Path, top_k
         return prediction
     prediction.warnings += sample.warnings
     device = next(model.parameters()).device
-    out = model(**{m: x.unsqueeze(0).to(device) for m, x in sample.inputs.items()})
+    out = model(**{m: x.unsqueeze(0).to(device) for m, x in sample.inputs.items()}, fuse=fuse)
     prediction.modalities = wanted
     for split, scores, offset in scores_from_logits(out.logits[0].float().cpu(), model):
         values, indices = scores.topk(min(top_k, scores.numel()))

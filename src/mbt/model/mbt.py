@@ -190,8 +190,9 @@ class MBT(nn.Module):
 
     def _partial_mask(self, present: list[str], inputs: dict[str, torch.Tensor | None],
                       modality_mask: dict[str, torch.Tensor] | None) -> tuple[list[str], dict | None]:
-        """The streams to run and the masks of those only some samples have (None when there are none): a stream
-        no sample has is not run at all, which is the same computation."""
+        """The streams to run and the masks of those only some samples have (None when there are none): in
+        evaluation a stream no sample has is not run at all, which is the same computation; in training it still
+        runs, masked, so that its parameters get (zero) gradients as DDP expects of every parameter."""
         if not modality_mask:
             return present, None
         batch = inputs[present[0]].shape[0]
@@ -206,7 +207,7 @@ class MBT(nn.Module):
                 raise ValueError(f"modality_mask[{m!r}]: expected a ({batch},) bool tensor, got "
                                  f"{tuple(value.shape)} {value.dtype}")
             masks[m] = value
-        kept = [m for m in present if m not in masks or bool(masks[m].any())]
+        kept = [m for m in present if m not in masks or bool(masks[m].any()) or self.training]
         if not kept:
             raise ValueError("modality_mask: every stream is masked in every sample")
         partial = {m: v for m, v in masks.items() if m in kept and not bool(v.all())}

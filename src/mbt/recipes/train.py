@@ -19,6 +19,7 @@ from mbt.engine.train import (
     optimizer_step,
     restore,
     save_state,
+    scheduled_test,
     setup_run,
     validate,
 )
@@ -74,6 +75,7 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: b
             break
         if run.val_dataset is not None and ((epoch + 1) % tc.eval_every_epochs == 0 or epoch + 1 == tc.epochs):
             validate(run, state)
+        scheduled_test(run, state)
         state.epoch, state.batch_in_epoch = epoch + 1, 0
         save_state(run, state)
     finish(run, state, save_model=not stopped_early)
