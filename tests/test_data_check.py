@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import builtins
 import json
+import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +22,7 @@ from mbt.data.datasets import ClipDataset, collate
 from mbt.data.manifest import ManifestRow, read_manifest, write_manifest
 from mbt.media.decode import MediaError
 from mbt.media.preprocess import Preprocessor
-from media_factory import write_av
+from media_factory import tone, write_av
 
 # A small window keeps the corpus small: 4 frames at stride 2 of 25 fps (0.32 s), 96 spectrogram frames (~1 s).
 OVERRIDES = ["model.image_size=32", "model.num_frames=4", "model.spec_frames=96", "model.num_mel_bins=32"]
@@ -31,14 +33,14 @@ SECONDS = 1.5  # longer than both windows
 EXPECTED: dict[str, tuple[str, set[str] | str]] = {
     "good.mp4": ("ok", set()),
     "zero_bytes.mp4": ("problem", "empty"),
-    "truncated.mp4": ("problem", "unreadable"),
+    "truncated.mp4": ("problem", "corrupt"),
     "not_media.mp4": ("problem", "unreadable"),
     "audio_only.m4a": ("problem", "no_video"),
     "video_only.mp4": ("problem", "no_audio"),
-    "directory.mp4": ("problem", "unreadable"),
+    "directory.mp4": ("problem", "not_a_file"),
     "missing.mp4": ("problem", "missing"),
     "outside_span.mp4": ("problem", "empty"),  # start/end past the end of the file
-    "single_frame.mp4": ("warn", {"short", "still"}),
+    "single_frame.mp4": ("problem", "too_much_padding"),  # 93% of the audio window would be silence
     "silent.mp4": ("warn", {"silent"}),
     "still.mp4": ("warn", {"still"}),
     "short.mp4": ("warn", {"short"}),
@@ -47,9 +49,9 @@ EXPECTED: dict[str, tuple[str, set[str] | str]] = {
     "large.mp4": ("warn", {"large"}),
 }
 REASONS = {  # words the reason must contain, so a user can tell what is wrong
-    "zero_bytes.mp4": "empty", "not_media.mp4": "not a media file", "truncated.mp4": "not a media file",
+    "zero_bytes.mp4": "empty", "not_media.mp4": "not a media file", "truncated.mp4": "cut-off MP4",
     "directory.mp4": "directory", "missing.mp4": "no such file", "audio_only.m4a": "no video stream",
-    "video_only.mp4": "no audio stream", "silent.mp4": "silent", "still.mp4": "still", "short.mp4": "padded",
+    "video_only.mp4": "no audio stream", "silent.mp4": "silent", "still.mp4": "still", "short.mp4": "padding",
     "vfr.mp4": "variable frame rate", "large.mp4": "2560x1440",
 }
 
@@ -158,18 +160,24 @@ def _dataset(corpus, *, train, on_missing_modality="skip"):
     cfg = build_config(overrides=OVERRIDES)
     rows = read_manifest(corpus / "manifest.csv")
     return ClipDataset(rows, ["class0", "class1"], Preprocessor(cfg.preprocessor()), train=train,
-                       modalities=("video", "audio"), on_missing_modality=on_missing_modality), cfg
+                       modalities=("video", "audio"), on_missing_modality=on_missing_modality,
+                       max_pad_fraction=cfg.data.max_pad_fraction if train else None), cfg
+
+
+def _skipped_by(dataset_train: bool, outcome: str, kind) -> bool:
+    """Whether the dataset skips a row check calls `outcome`/`kind`: padding is limited in training only."""
+    return outcome == "problem" and (dataset_train or kind != "too_much_padding")
 
 
 @pytest.mark.parametrize("train", [True, False])
 def test_dataset_skips_exactly_the_problem_rows_with_their_kind(corpus, train, caplog):
     dataset, cfg = _dataset(corpus, train=train)
-    with caplog.at_level("WARNING", logger="mbt.data"):
+    with caplog.at_level("INFO"):
         items = [dataset[i] for i in range(len(dataset))]
     names = list(EXPECTED)
     for item in items:
         outcome, kind = EXPECTED[names[item["row"]]]
-        if outcome == "problem":
+        if _skipped_by(train, outcome, kind):
             assert "inputs" not in item and "target" not in item  # never a tensor with a label
             assert item["kind"] == kind and item["skipped"] and item["path"].endswith(names[item["row"]])
         else:
@@ -178,8 +186,9 @@ def test_dataset_skips_exactly_the_problem_rows_with_their_kind(corpus, train, c
             assert torch.isfinite(item["inputs"]["audio"]).all() and torch.isfinite(item["inputs"]["video"]).all()
             assert item["target"].item() == item["row"] % 2
     skipped = [item for item in items if "skipped" in item]
-    assert len(skipped) == sum(outcome == "problem" for outcome, _ in EXPECTED.values())
-    assert sum("skipping" in r.getMessage() for r in caplog.records) == len(skipped)  # each skip is logged
+    assert len(skipped) == sum(_skipped_by(train, *expected) for expected in EXPECTED.values())
+    # the dataset runs in loader workers, once per epoch: it leaves logging each skip once to its consumer (ClipLog)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 def test_skip_counts_survive_data_loader_workers(corpus):
@@ -188,7 +197,7 @@ def test_skip_counts_survive_data_loader_workers(corpus):
     batches = list(loader)
     skipped = [s for b in batches for s in b["skipped"]]
     usable = sum(len(b["row"]) for b in batches)
-    problems = {name for name, (outcome, _) in EXPECTED.items() if outcome == "problem"}
+    problems = {name for name, expected in EXPECTED.items() if _skipped_by(False, *expected)}
     assert sorted(Path(path).name for _, path, _, _ in skipped) == sorted(problems)
     assert usable == len(EXPECTED) - len(problems)
     for b in batches:
@@ -211,15 +220,123 @@ def test_stats_normalise_the_usable_clips_to_zero_mean_unit_std(corpus, tmp_path
     stats = json.loads(out.read_text())
     assert "normalisation: custom" in capsys.readouterr().out
     # stats read only the audio: a file without video counts
-    problems = [name for name, (outcome, kind) in EXPECTED.items() if outcome == "problem" and kind != "no_video"]
-    short = ["single_frame.mp4", "short.mp4"]  # padding is not audio: left out
+    # (a window mostly padding is a training skip, but stats pad it as evaluation does)
+    problems = [name for name, (outcome, kind) in EXPECTED.items()
+                if outcome == "problem" and kind not in ("no_video", "too_much_padding")]
+    short = ["single_frame.mp4", "short.mp4"]  # padded with silence, as training pads them, and counted
     assert (stats["skipped"], stats["padded"]) == (len(problems), len(short))
-    assert stats["clips"] == len(EXPECTED) - len(problems) - len(short)
+    assert stats["clips"] == len(EXPECTED) - len(problems)
 
     # the property the numbers are for: normalised with them, the same clips have mean 0 and std 1
     cfg = build_config(overrides=[*OVERRIDES, "data.normalisation=custom", f"data.spec_mean={stats['spec_mean']}",
                                   f"data.spec_std={stats['spec_std']}"])
     pre = Preprocessor(cfg.preprocessor())
-    used = [name for name in EXPECTED if name not in problems and name not in short]
+    used = [name for name in EXPECTED if name not in problems]
     specs = torch.stack([pre(corpus / name, train=False, modalities=("audio",)).inputs["audio"] for name in used])
     assert abs(specs.mean().item()) < 1e-3 and abs(specs.std(unbiased=False).item() - 1) < 1e-3
+
+
+def test_stats_of_short_clips_only_pad_them_and_say_so(tmp_path, capsys):
+    # clips shorter than the audio window (0.975 s here), which `data check` calls usable and training pads
+    rows = ["path,labels"]
+    for i, seconds in enumerate((0.4, 0.6, 0.8)):
+        write_av(tmp_path / f"short{i}.mp4", seconds=seconds, size=SIZE, audio_fn=tone(220.0 * (i + 1)))
+        rows.append(f"short{i}.mp4,a")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    sets = [arg for o in OVERRIDES for arg in ("--set", o)]
+    out = tmp_path / "stats.json"
+    assert main(["data", "stats", str(tmp_path / "m.csv"), *sets, "--json", str(out), "--jobs", "1"]) == 0
+    assert "3 shorter than the 96-frame window, padded with silence" in capsys.readouterr().out
+    stats = json.loads(out.read_text())
+    assert stats["clips"] == stats["padded"] == 3 and math.isfinite(stats["spec_mean"]) and stats["spec_std"] > 0
+
+
+def test_stats_without_a_usable_clip_write_null_not_nan(tmp_path, capsys):
+    (tmp_path / "m.csv").write_text("path,labels\ngone.mp4,a\n")
+    out = tmp_path / "stats.json"
+    assert main(["data", "stats", str(tmp_path / "m.csv"), "--json", str(out), "--jobs", "1"]) == 1
+    text = out.read_text()
+    assert "NaN" not in text and json.loads(text)["spec_mean"] is None
+    assert "no usable clip" in capsys.readouterr().out
+
+
+# ==================================================================== labels and encodings
+@pytest.fixture
+def labelled(corpus, tmp_path):
+    """A classes file [Dog, cat, Bird] and a manifest of good clips with right and wrong labels."""
+    (tmp_path / "classes.txt").write_text("Dog\ncat\nBird\n", encoding="utf-8")
+    good = corpus / "good.mp4"
+    labels = ["Dog", "dog", "cta", "", "Dog;cat", "Bird"]
+    lines = ["path,labels"] + [f"{good},{label}" for label in labels]
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return tmp_path
+
+
+def _check_json(tmp_path, *args) -> tuple[int, dict]:
+    out = tmp_path / "r.json"
+    sets = [arg for o in OVERRIDES for arg in ("--set", o)]
+    code = main(["data", "check", *args, *sets, "--jobs", "1", "--json", str(out)])
+    return code, json.loads(out.read_text()) if out.exists() else {}
+
+
+def test_check_reports_unknown_empty_and_wrongly_cased_labels(labelled, capsys):
+    code, report = _check_json(labelled, str(labelled / "m.csv"), "--classes", str(labelled / "classes.txt"))
+    assert code == 1
+    found = sorted((p["line"], p["kind"]) for p in report["problems"])
+    assert found == [(3, "unknown_label"), (4, "unknown_label"), (5, "no_label")]  # "Dog;cat" is fine here
+    reasons = {p["line"]: p["reason"] for p in report["problems"]}
+    assert "'dog' is not in classes.txt" in reasons[3] and "did you mean 'Dog'?" in reasons[3]
+    assert "did you mean 'cat'?" in reasons[4]
+    assert report["ok"] == 3
+    printed = capsys.readouterr().out
+    assert "m.csv:3: " in printed and "m.csv:4: " in printed  # the summary lists manifest:line
+
+
+def test_check_with_a_single_label_config_also_flags_several_labels(labelled, tmp_path):
+    import yaml
+
+    (labelled / "config.yaml").write_text(yaml.safe_dump({"data": {"classes": "classes.txt"}}))
+    code, report = _check_json(labelled, str(labelled / "m.csv"), "--config", str(labelled / "config.yaml"))
+    assert code == 1
+    assert (6, "many_labels") in [(p["line"], p["kind"]) for p in report["problems"]]
+
+
+def test_byte_order_marks_in_manifest_and_classes_file_are_ignored(labelled, corpus, tmp_path):
+    (tmp_path / "classes.txt").write_bytes(b"\xef\xbb\xbfa\nb\n")
+    (tmp_path / "m.csv").write_bytes(b"\xef\xbb\xbfpath,labels\n" + f"{corpus / 'good.mp4'},a\n".encode())
+    code, report = _check_json(tmp_path, str(tmp_path / "m.csv"), "--classes", str(tmp_path / "classes.txt"))
+    assert code == 0 and report["problems"] == [] and report["ok"] == 1
+
+
+def test_a_latin1_manifest_is_one_line_naming_file_and_line(corpus, tmp_path, capsys):
+    (tmp_path / "m.csv").write_bytes(f"path,labels\n{corpus / 'good.mp4'},a\n{corpus / 'good.mp4'},".encode()
+                                     + "été\n".encode("latin-1"))
+    code, _ = _check_json(tmp_path, str(tmp_path / "m.csv"))
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "m.csv:3: manifest is not UTF-8 text (byte 0xe9" in err
+
+
+def test_a_manifest_with_a_header_and_no_rows_is_a_problem(tmp_path, capsys):
+    (tmp_path / "m.csv").write_text("path,labels\n")
+    code, report = _check_json(tmp_path, str(tmp_path / "m.csv"))
+    assert code == 1 and [p["kind"] for p in report["problems"]] == ["no_rows"] and report["ok"] == 0
+
+
+def test_a_segment_inside_a_file_is_judged_on_its_own_span(tmp_path):
+    """A row's [start, end] is scanned from its start: a late segment of a whole file is not cut off, and an early
+    segment of a cut-off file is intact (only a segment reaching past the cut is)."""
+    from fault_corpus import _remux
+
+    write_av(tmp_path / "long.mp4", seconds=3.0, size=SIZE)
+    _remux(tmp_path / "long.mp4", tmp_path / "fast.mp4", options={"movflags": "+faststart"})
+    data = (tmp_path / "fast.mp4").read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(data[:len(data) // 2])  # 3 s declared, about 1.4 s decodable
+    rows = [ManifestRow(tmp_path / "long.mp4", ("a",), 2.0, 3.0), ManifestRow(tmp_path / "cut.mp4", ("a",), 0.0, 1.0),
+            ManifestRow(tmp_path / "cut.mp4", ("a",), 1.0, 3.0)]
+    write_manifest(tmp_path / "m.csv", rows)
+    report = check_manifest(tmp_path / "m.csv", build_config(overrides=OVERRIDES), progress=False)
+    kinds = {line: [e["kind"] for e in report.problems + report.warnings if e["line"] == line] for line in (2, 3, 4)}
+    assert kinds[2] == [] and kinds[3] == []
+    assert "truncated" in kinds[4] or "too_much_padding" in kinds[4]
+    assert "cut off" in next(e["reason"] for e in report.problems + report.warnings if e["line"] == 4)

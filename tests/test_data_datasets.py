@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -165,3 +166,53 @@ def test_a_batch_of_only_skips_has_no_inputs_or_targets():
     batch = collate([ds[0]])
     assert batch["inputs"] == {} and batch["target"] is None and len(batch["row"]) == 0
     assert [kind for _, _, kind, _ in batch["skipped"]] == ["no_audio"]
+
+
+# ==================================================================== padding
+class PaddingPreprocessor:
+    """Samples padded by a given fraction per file name: {name: (video fraction, audio fraction)}."""
+
+    def __init__(self, fractions: dict[str, tuple[float, float]]):
+        self.fractions = fractions
+
+    def __call__(self, path, **kwargs):
+        video, audio = self.fractions.get(Path(path).name, (0.0, 0.0))
+        return Sample(inputs={"video": torch.zeros(3, 2, 4, 4), "audio": torch.zeros(8, 4)},
+                      video_padded=video > 0, audio_padded=audio > 0, warnings=[], video_pad_fraction=video,
+                      audio_pad_fraction=audio)
+
+
+def test_a_window_mostly_padding_is_a_skip_and_smaller_padding_is_listed(caplog):
+    from mbt.data.datasets import ClipLog
+
+    pre = PaddingPreprocessor({"clip0.mp4": (0.0, 0.8), "clip1.mp4": (0.6, 0.0), "clip2.mp4": (0.2, 0.3)})
+    ds = ClipDataset(rows(("cat",), ("cat",), ("dog",), ("dog",)), ["cat", "dog"], pre, train=True,
+                     modalities=("video", "audio"), max_pad_fraction=0.5)
+    items = [ds[i] for i in range(4)]
+    assert [item.get("kind") for item in items] == ["too_much_padding", "too_much_padding", None, None]
+    assert "80% of the audio window" in items[0]["skipped"] and "60% of the video window" in items[1]["skipped"]
+    batch = collate(items)
+    assert batch["padded"] == [(2, "/data/clip2.mp4", 0.2, 0.3)] and batch["row"].tolist() == [2, 3]
+    # no limit (evaluation): the same windows are used, their padding listed
+    unlimited = ClipDataset(rows(("cat",), ("cat",)), ["cat", "dog"], pre, train=False, modalities=("video",))
+    assert [len(b) for b in collate([unlimited[0], unlimited[1]])["padded"]] == [4, 4]
+
+    log = ClipLog(logging.getLogger("test.cliplog"), "training clip")
+    with caplog.at_level(logging.INFO, logger="test.cliplog"):
+        for _ in range(3):  # three epochs of the same batch
+            log.record(batch)
+    assert log.take_counts() == {"skipped": {"too_much_padding": 6}, "padded": 3}
+    assert log.take_counts() == {"skipped": {}, "padded": 0}  # counts restart after each take
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 3  # each clip once, not once per epoch
+    assert any("clip2.mp4" in m and "20% of the video window and 30% of the audio window" in m for m in messages)
+
+
+def test_on_missing_modality_error_raises_through_loader_workers():
+    from torch.utils.data import DataLoader
+
+    ds = ClipDataset(rows(("cat",), ("dog",)), ["cat", "dog"], RecordingPreprocessor(fail={"clip1.mp4"}),
+                     train=False, modalities=("video", "audio"), on_missing_modality="error")
+    with pytest.raises(MediaError) as info:
+        list(DataLoader(ds, batch_size=2, num_workers=1, collate_fn=collate))
+    assert info.value.kind == "no_audio" and info.value.path.endswith("clip1.mp4")

@@ -84,6 +84,56 @@ def test_audioset_unknown_label_names_the_line(audioset):
         prepare_audioset(ann, media, out)
 
 
+@pytest.mark.parametrize("name", [
+    "--PJHxphWEs_30.000_40.000.mp4",  # AudioSet's CSV spelling of the times
+    "--PJHxphWEs_30_40.mp4",
+    "--PJHxphWEs_000030_000040.mp4",  # VGGSound-style zero-padded seconds
+    "--PJHxphWEs_30000_40000.mp4",  # milliseconds
+])
+def test_audioset_default_patterns_find_the_common_namings(tmp_path, name):
+    ann = tmp_path / "ann"
+    ann.mkdir()
+    (ann / "class_labels_indices.csv").write_text(AUDIOSET_LABELS)
+    (ann / "eval_segments.csv").write_text('--PJHxphWEs, 30.000, 40.000, "/m/09x0r"\n')
+    touch(tmp_path / "media" / name)
+    split = prepare_audioset(ann, tmp_path / "media", tmp_path / "out").splits["eval"]
+    assert (split.written, split.missing) == (1, 0)
+    assert read_manifest(split.manifest)[0].path.name == name
+
+
+def test_audioset_fractional_starts_are_not_truncated(tmp_path):
+    ann = tmp_path / "ann"
+    ann.mkdir()
+    (ann / "class_labels_indices.csv").write_text(AUDIOSET_LABELS)
+    (ann / "eval_segments.csv").write_text('a1, 2.500, 12.500, "/m/09x0r"\nb2, 2.000, 12.000, "/m/04rlf"\n'
+                                           'c3, 7.250, 17.250, "/m/04rlf"\n')
+    media = tmp_path / "media"
+    touch(media / "a1_2.5_12.5.mp4")
+    touch(media / "a1_2_12.mp4")  # a whole-second spelling of a1 must not be taken for it
+    touch(media / "b2_2_12.mp4")
+    touch(media / "c3_7.250.mp4")
+    result = prepare_audioset(ann, media, tmp_path / "out", pattern=["{ytid}_{start}_{end}.mp4",
+                                                                     "{ytid}_{start:.3f}.mp4"])
+    split = result.splits["eval"]
+    assert [r.path.name for r in read_manifest(split.manifest)] == ["a1_2.5_12.5.mp4", "b2_2_12.mp4",
+                                                                     "c3_7.250.mp4"]
+    assert split.matched == {"{ytid}_{start}_{end}.mp4": 2, "{ytid}_{start:.3f}.mp4": 1}
+    assert "'{ytid}_{start}_{end}.mp4': 2, '{ytid}_{start:.3f}.mp4': 1" in result.summary()
+
+
+def test_several_patterns_from_the_command_line_are_tried_in_order(audioset, capsys):
+    ann, media, out = audioset
+    touch(media / "Y-1nilez17Dg.mp4")
+    assert main(["data", "prepare", "audioset", "--annotations", str(ann), "--media", str(media), "--out", str(out),
+                 "--pattern", "{ytid}_{start}.mp4", "--pattern", "{ytid}_{start}.mkv", "--pattern",
+                 "Y{ytid}.mp4"]) == 0
+    printed = capsys.readouterr().out
+    assert "3 rows" in printed and "'Y{ytid}.mp4': 1" in printed
+    assert main(["data", "prepare", "audioset", "--annotations", str(ann), "--media", str(media), "--out", str(out),
+                 "--pattern", "{nope}.mp4"]) == 2
+    assert "--pattern '{nope}.mp4': bad field" in capsys.readouterr().err
+
+
 # ==================================================================== VGGSound
 VGGSOUND = '''---g-f_I2yQ,1,people marching,test
 --0PQM4-hqg,30,waterfall burbling,train
@@ -105,6 +155,16 @@ def test_vggsound_writes_train_and_test_with_sorted_classes(tmp_path):
     assert [r.path.name for r in test] == ["---g-f_I2yQ_000001.mp4"]
     assert (result.splits["test"].missing, result.splits["train"].missing) == (1, 0)
     assert result.splits["test"].missing_list.read_text() == "--5OkAjCI7g,40\n"
+
+
+def test_vggsound_start_end_zero_padded_names_are_found(tmp_path):
+    (tmp_path / "vggsound.csv").write_text(VGGSOUND)
+    media = tmp_path / "video"
+    touch(media / "--0PQM4-hqg_000030_000040.mp4")
+    touch(media / "--56QUhyDQM_185.mp4")
+    split = prepare_vggsound(tmp_path, media, tmp_path / "out").splits["train"]
+    assert [r.path.name for r in read_manifest(split.manifest)] == ["--0PQM4-hqg_000030_000040.mp4",
+                                                                     "--56QUhyDQM_185.mp4"]
 
 
 def test_vggsound_unquoted_comma_label_is_an_error_naming_the_line(tmp_path):
@@ -199,3 +259,20 @@ def test_prepare_command_reports_a_missing_media_folder(tmp_path, capsys):
     code = main(["data", "prepare", "vggsound", "--annotations", str(tmp_path), "--media", str(tmp_path / "nope"),
                  "--out", str(tmp_path / "out")])
     assert code == 2 and "media folder does not exist" in capsys.readouterr().err
+
+
+def test_annotation_files_saved_with_a_byte_order_mark_read_as_utf8(audioset):
+    """Spreadsheet programs save CSV with a BOM: the header's first column must still be found."""
+    ann, media, out = audioset
+    labels = (ann / "class_labels_indices.csv")
+    labels.write_bytes(b"\xef\xbb\xbf" + labels.read_bytes())
+    result = prepare_audioset(ann, media, out)
+    assert read_classes(result.classes)[0] == "Speech"
+
+
+def test_an_annotation_file_in_another_encoding_names_the_file_and_line(audioset):
+    ann, media, out = audioset
+    (ann / "class_labels_indices.csv").write_bytes(AUDIOSET_LABELS.replace("Music", "Musique \xe9t\xe9")
+                                                   .encode("latin-1"))
+    with pytest.raises(ManifestError, match=r"class_labels_indices.csv:4: .*not UTF-8.*0xe9"):
+        prepare_audioset(ann, media, out)

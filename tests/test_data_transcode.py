@@ -101,3 +101,48 @@ def test_transcode_command_runs_in_parallel_and_reports_failures(sources, tmp_pa
     printed = capsys.readouterr().out
     assert "broken.mp4" in printed and "2 file(s) failed" in printed
     assert probe(tmp_path / "out" / "a.mp4").height == 64
+
+
+def test_each_bad_file_fails_alone_and_the_others_are_done(sources, tmp_path, capsys):
+    """A symbolic-link loop, a FIFO, a directory and a missing file each fail with their kind; the good file is
+    transcoded (a loop used to abort the whole command before any file was done)."""
+    import os
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    os.symlink("loop.mp4", bad / "loop.mp4")
+    os.mkfifo(bad / "pipe.mp4")
+    (bad / "folder.mp4").mkdir()
+    rows = [ManifestRow(bad / name, ("dog",)) for name in ("loop.mp4", "pipe.mp4", "folder.mp4", "gone.mp4")]
+    write_manifest(tmp_path / "m.csv", [*rows, ManifestRow(sources / "a.mp4", ("cat",))])
+    code = main(["data", "transcode", str(tmp_path / "m.csv"), "--out", str(tmp_path / "out"), "--jobs", "1",
+                 "--short-side", "64"])
+    captured = capsys.readouterr()
+    assert code == 1 and "Traceback" not in captured.err
+    report = json.loads((tmp_path / "out" / "transcode_report.json").read_text())
+    assert {os.path.basename(f["path"]): f["kind"] for f in report["failed"]} == {
+        "loop.mp4": "unreadable", "pipe.mp4": "not_a_file", "folder.mp4": "not_a_file", "gone.mp4": "missing"}
+    assert report["done"] == 1 and [r.labels for r in read_manifest(tmp_path / "out" / "m.csv")] == [("cat",)]
+
+
+def test_a_full_disk_fails_the_file_as_an_output_error_and_exits_3(sources, tmp_path, monkeypatch, capsys):
+    import errno
+    import os
+
+    import mbt.data.transcode as transcode
+
+    real_replace = os.replace
+
+    def full(src, dst):  # the disk fills while a media file is finished; the report still gets written
+        if str(src).endswith(".part"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(transcode.os, "replace", full)
+    write_manifest(tmp_path / "m.csv", [ManifestRow(sources / "a.mp4", ("cat",))])
+    code = main(["data", "transcode", str(tmp_path / "m.csv"), "--out", str(tmp_path / "out"), "--jobs", "1"])
+    out = capsys.readouterr().out
+    assert code == 3 and "output: " in out and "no space left" in out
+    monkeypatch.undo()
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.name.endswith(".part")]
+    assert not os.path.exists(tmp_path / "out" / "a.mp4")

@@ -61,14 +61,14 @@ def test_evaluate_predict_and_reload(trained, toy, tmp_path, capsys):
     assert main(["evaluate", str(trained), "--manifest", str(val), "--clips", "2", "--json", str(metrics_file),
                  "--num-workers", "0", "--no-progress"]) == 0
     metrics = json.loads(metrics_file.read_text())
-    assert metrics["num_clips"] == 5 and metrics["num_skipped"] == 0
-    assert 0.0 <= metrics["top1"] <= 1.0 and metrics["top5"] == 1.0  # 2 classes: the top 5 always holds the truth
+    assert metrics["num_videos"] == 5 and metrics["num_clips"] == 10 and metrics["num_skipped"] == 0
+    assert 0.0 <= metrics["top1"] <= 1.0 and "top5" not in metrics  # 2 classes: a top 5 would always hold the truth
 
     capsys.readouterr()
     clip = root / "media" / "val_000.mp4"
-    assert main(["predict", str(trained), str(clip), "--top-k", "2", "--json"]) == 0
+    assert main(["predict", str(trained), str(clip), "--top-k", "2", "--clips", "1", "--json"]) == 0
     (prediction,) = json.loads(capsys.readouterr().out)
-    assert sorted(entry["label"] for entry in prediction["labels"]) == sorted(CLASSES) and prediction["error"] is None
+    assert sorted(entry["label"] for entry in prediction["labels"]) == sorted(CLASSES) and prediction["skipped"] is None
     assert sum(entry["score"] for entry in prediction["labels"]) == pytest.approx(1.0, abs=1e-4)
 
     model, preprocessor = load_for_inference(trained)
@@ -103,7 +103,7 @@ def test_evaluate_single_modality_runs_one_stream(trained, toy, tmp_path):
         out = tmp_path / f"{modality}.json"
         assert main(["evaluate", str(trained), "--manifest", str(val), "--modalities", modality, "--clips", "1",
                      "--json", str(out), "--num-workers", "0", "--no-progress"]) == 0
-        assert json.loads(out.read_text())["num_clips"] == 5
+        assert json.loads(out.read_text())["num_videos"] == 5
 
 
 def _train_cmd(config: Path, out: Path, *extra: str) -> list[str]:
@@ -167,6 +167,6 @@ def test_two_process_ddp_matches_single_process(toy, tmp_path):
                          env=ENV, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     m1, m2 = json.loads(one.read_text()), json.loads(two.read_text())
-    assert m1["num_clips"] == m2["num_clips"] == 5
-    for key in ("top1", "top5"):
+    assert m1["num_videos"] == m2["num_videos"] == 5 and m1["num_clips"] == m2["num_clips"] == 15
+    for key in ("top1",):
         assert m1[key] == pytest.approx(m2[key])

@@ -55,9 +55,31 @@ def test_save_state_and_restore_round_trip(toy_cfg, tmp_path):
     optimizer_step(run, state)
     state.batch_in_epoch = 1
     save_state(run, state)
-    again = setup_run(toy_cfg, tmp_path / "run", progress=False)
+    again = setup_run(toy_cfg, tmp_path / "run", resume=True, progress=False)
     restored = restore(again)
     assert (restored.step, restored.epoch, restored.batch_in_epoch) == (1, 0, 1)
     for a, b in zip(run.model.state_dict().values(), again.model.state_dict().values()):
         assert torch.equal(a, b)
     assert torch.equal(again.mix_generator.get_state(), run.mix_generator.get_state())
+
+
+def test_without_a_terminal_progress_is_plain_lines_and_the_run_keeps_its_log(toy_cfg, tmp_path, caplog):
+    import logging
+
+    from mbt.recipes.train import train
+
+    caplog.set_level(logging.INFO)
+    toy_cfg = toy_cfg.model_copy(update={"train": toy_cfg.train.model_copy(update={"log_every": 1})})
+    train(toy_cfg, tmp_path / "run", progress=True)  # pytest's stderr is not a terminal: lines, not a bar
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert lines[0].startswith("epoch 1/2 step 1/4 (25%): loss ") and "clips/s, ETA" in lines[0]
+    assert len([line for line in lines if " step " in line]) == 4
+    log_text = (tmp_path / "run" / "train.log").read_text()
+    assert "step 4/4 (100%)" in log_text and "a new run in" in log_text
+
+
+def test_tensorboard_tags_are_grouped():
+    from mbt.engine.train import tensorboard_tag
+
+    assert [tensorboard_tag(k) for k in ("loss", "lr", "val_top1", "test_mAP")] == [
+        "train/loss", "train/lr", "val/top1", "test/mAP"]

@@ -270,6 +270,16 @@ def test_mismatched_or_foreign_weights_are_named(vit, tmp_path):
         initialised(str(npz), num_heads=6)
 
 
+def test_non_finite_weights_are_named(vit, tmp_path):
+    state, _ = vit
+    damaged = {k: v.clone() for k, v in state.items()}
+    damaged["blocks.1.mlp.fc1.weight"][3, 5] = float("nan")
+    path = tmp_path / "damaged.safetensors"
+    save_file(damaged, str(path))
+    with pytest.raises(CheckpointError, match=r"blocks\.1\.mlp\.fc1\.weight.*non-finite"):
+        initialised(str(path))
+
+
 # ==================================================================== command
 def test_convert_vit_command(vit, tmp_path, capsys):
     state, path = vit

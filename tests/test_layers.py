@@ -12,7 +12,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "mbt"
 
 # Lowest first. A room's modules may import rooms at its own rank or below.
 LAYERS: dict[str, int] = {
-    "errors": 0, "schema": 0,
+    "errors": 0, "schema": 0, "fileio": 0, "bars": 0,
     "media": 1,
     "model": 2,
     "config": 3,

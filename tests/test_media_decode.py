@@ -202,17 +202,18 @@ def test_missing_empty_and_non_media_files_raise_their_kind(tmp_path):
     err = error_kind(tmp_path / "text.mp4")
     assert err.kind == "unreadable" and "text.mp4" in str(err)
     (tmp_path / "dir.mp4").mkdir()
-    assert error_kind(tmp_path / "dir.mp4").kind == "unreadable"
+    assert error_kind(tmp_path / "dir.mp4").kind == "not_a_file"
     for kind, path in (("missing", tmp_path / "nope.mp4"), ("empty", tmp_path / "zero.mp4")):
         with pytest.raises(MediaError) as info:
             probe(path)
         assert info.value.kind == kind
 
 
-def test_truncated_file_is_unreadable(tmp_path):
+def test_an_mp4_cut_before_its_index_is_corrupt_not_unknown(tmp_path):
     whole = write_av(tmp_path / "whole.mp4", seconds=2.0, size=SIZE).path.read_bytes()
     (tmp_path / "cut.mp4").write_bytes(whole[: len(whole) // 2])  # the index (moov) is written last
-    assert error_kind(tmp_path / "cut.mp4").kind == "unreadable"
+    err = error_kind(tmp_path / "cut.mp4")
+    assert err.kind == "corrupt" and "MP4" in err.reason
 
 
 def test_permission_denied_is_unreadable_with_the_os_reason(tmp_path, monkeypatch):
@@ -276,3 +277,115 @@ def test_marker_round_trip_survives_encoding(tmp_path):
     clip = decode_clip(written.path, num_frames=30, fps=30, frame_stride=1, audio_seconds=1.0, audio=False,
                        position=0.0)
     assert [read_marker(f) for f in clip.video.numpy()] == list(range(30))
+
+
+# ==================================================================== the media boundary (issue: reliability)
+def _float_pcm(path, value, seconds=(0.4, 0.5)):
+    def audio_fn(t):
+        wave = 0.3 * np.sin(2 * np.pi * 440 * t)
+        wave[(t >= seconds[0]) & (t < seconds[1])] = value
+        return wave
+    return write_av(path, seconds=1.0, size=SIZE, acodec="pcm_f32le", sample_rate=8000, audio_fn=audio_fn).path
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_nan_or_inf_float_pcm_is_non_finite_never_passed_on(tmp_path, value):
+    err = error_kind(_float_pcm(tmp_path / "f.mov", value))
+    assert err.kind == "non_finite" and "NaN or infinite" in err.reason
+
+
+def test_a_raw_h264_stream_is_an_unsupported_container_not_a_permission_error(tmp_path):
+    path = write_av(tmp_path / "raw.mp4", container="h264", audio=False, seconds=1.0, size=SIZE).path
+    for call in (lambda: probe(path), lambda: decode_clip(path, num_frames=4, fps=25, frame_stride=1,
+                                                          audio_seconds=1.0, audio=False)):
+        with pytest.raises(MediaError) as info:
+            call()
+        assert info.value.kind == "unsupported_container" and "H.264" in info.value.reason
+
+
+def test_a_fifo_a_device_and_a_link_loop_are_named_for_what_they_are(tmp_path):
+    os.mkfifo(tmp_path / "pipe.mp4")
+    os.symlink("/dev/null", tmp_path / "null.mp4")
+    os.symlink("loop.mp4", tmp_path / "loop.mp4")
+    fifo = error_kind(tmp_path / "pipe.mp4")  # returns at once: a FIFO is never opened
+    assert fifo.kind == "not_a_file" and "FIFO" in fifo.reason and "0 bytes" not in fifo.reason
+    assert error_kind(tmp_path / "null.mp4").kind == "not_a_file"
+    loop = error_kind(tmp_path / "loop.mp4")
+    assert loop.kind == "unreadable" and "symbolic links" in loop.reason
+
+
+def _faststart_cut(tmp_path, fraction, audio_fn=None):
+    from fault_corpus import _remux
+
+    plain = write_av(tmp_path / "plain.mp4", seconds=2.0, size=SIZE, audio_fn=audio_fn).path
+    _remux(plain, tmp_path / "fast.mp4", options={"movflags": "+faststart"})
+    data = (tmp_path / "fast.mp4").read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(data[:int(len(data) * fraction)])
+    return tmp_path / "cut.mp4"
+
+
+def test_a_cut_off_file_reports_how_much_of_each_window_is_padding(tmp_path):
+    path = _faststart_cut(tmp_path, 0.5)
+    full = dict(num_frames=8, fps=4, frame_stride=1, audio_seconds=2.0, position=0.0)  # both windows: the file
+    clip = decode_clip(path, **full)
+    assert clip.audio_padded and clip.video_padded
+    silent_tail = float((clip.audio.abs() < 1e-6).float().mean())
+    assert 0.3 < clip.audio_pad_fraction < 0.7 and abs(clip.audio_pad_fraction - silent_tail) < 0.05
+    assert 0.25 <= clip.video_pad_fraction <= 0.75
+    whole = decode_clip(tmp_path / "fast.mp4", **full)
+    assert (whole.audio_pad_fraction, whole.video_pad_fraction) == (0.0, 0.0)
+
+
+def test_audio_after_damaged_packets_stays_at_its_own_time(tmp_path):
+    """Lost packets leave a hole of silence (counted as padding); the later audio is not pulled earlier."""
+    from fault_corpus import _remux
+
+    def burst(t):
+        return np.where((t >= 1.2) & (t < 1.3), 0.5 * np.sin(2 * np.pi * 1000 * t), 0.0)
+
+    plain = write_av(tmp_path / "plain.mp4", seconds=1.5, size=SIZE, audio_fn=burst).path
+    _remux(plain, tmp_path / "fast.mp4", options={"movflags": "+faststart"})
+    data = bytearray((tmp_path / "fast.mp4").read_bytes())
+    media = data.find(b"mdat")
+    size, at = (len(data) - media) // 10, media + (len(data) - media) // 2
+    data[at:at + size] = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes()
+    (tmp_path / "damaged.mp4").write_bytes(bytes(data))
+    clip = decode_clip(tmp_path / "damaged.mp4", num_frames=4, fps=25, frame_stride=1, audio_seconds=1.5,
+                       position=0.0, video=False)
+    envelope = np.convolve(clip.audio.abs().numpy(), np.ones(1600) / 1600, "same")
+    assert abs(envelope.argmax() / 16000 - 1.25) < 0.03
+    assert clip.audio_padded and clip.audio_pad_fraction > 0.05
+
+
+def test_a_rotated_video_is_turned_upright(tmp_path):
+    from fault_corpus import _rotated
+
+    _rotated(tmp_path / "r.mp4")
+    clip = decode_clip(tmp_path / "r.mp4", num_frames=2, fps=25, frame_stride=1, audio_seconds=1.0, audio=False)
+    frame = clip.video[0].numpy()
+    assert frame.shape[:2] == (64, 48)  # landscape 64x48 stored, portrait shown
+    assert frame[:28].mean() > 240 and frame[36:].mean() < 150  # the white left half turned to the top
+
+
+def test_media_error_is_rebuilt_from_a_data_loader_workers_message():
+    """DataLoader re-raises a worker's exception as type(formatted traceback): kind, path and reason survive."""
+    from torch.utils.data._utils import ExceptionWrapper
+
+    try:
+        raise MediaError("non_finite", "/data/x: y.mov", "the audio holds 3 NaN samples")
+    except MediaError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(MediaError) as info:
+        wrapped.reraise()
+    assert (info.value.kind, info.value.path, info.value.reason) == ("non_finite", "/data/x: y.mov",
+                                                                     "the audio holds 3 NaN samples")
+    assert str(info.value) == "/data/x: y.mov: non_finite: the audio holds 3 NaN samples"
+
+
+def test_frames_decoded_out_of_order_in_avi_are_placed_by_their_decoding_times(tmp_path):
+    """AVI keeps no presentation times: H.264 with B-frames decodes to pts that go backwards. Like FFmpeg's
+    best-effort timestamp, the decoder then uses the frames' dts, so the picked frames still count up."""
+    path = write_av(tmp_path / "b.avi", seconds=1.0, size=SIZE, acodec="libmp3lame", sample_rate=44100).path
+    clip = decode_clip(path, num_frames=12, fps=25, frame_stride=1, audio_seconds=1.0, position=0.0, audio=False)
+    markers = [read_marker(frame) for frame in clip.video.numpy()]
+    assert markers == sorted(markers) and markers[-1] - markers[0] >= 9

@@ -163,12 +163,19 @@ def test_single_label_metrics_hold_top1_top5_and_the_clip_count():
     logits = torch.tensor([[3.0, 1.0, 0.0, 2.0, -1.0, -2.0], [0.0, 1.0, 3.0, 2.0, 0.5, -1.0]])
     metrics = classification_metrics(logits, torch.tensor([0, 5]), multi_label=False,
                                      class_names=list("abcdef"))
-    assert metrics == {"num_clips": 2, "top1": 0.5, "top5": 0.5}
+    assert metrics == {"num_videos": 2, "top1": 0.5, "top5": 0.5}
+
+
+def test_top5_is_reported_only_with_five_classes_or_more():
+    for num_classes, has_top5 in ((2, False), (4, False), (5, True)):
+        logits = np.eye(num_classes)[[0, 1]]
+        metrics = classification_metrics(logits, [0, 1], multi_label=False)
+        assert metrics["top1"] == 1.0 and ("top5" in metrics) == has_top5, num_classes
 
 
 def test_multi_label_metrics_hold_map_auc_and_dprime():
     metrics = classification_metrics(SCORES, TARGETS, multi_label=True)
-    assert metrics["num_clips"] == 5
+    assert metrics["num_videos"] == 5
     assert metrics["mAP"] == pytest.approx((5 / 6 + 7 / 12) / 2)
     assert metrics["AUC"] == pytest.approx(3 / 4)
     assert metrics["dprime"] == pytest.approx(math.sqrt(2) * 0.6744897501960817)
@@ -183,9 +190,9 @@ def test_class_split_metrics_report_each_head_and_the_action():
                                      class_splits=(2, 3))
     assert metrics["verb_top1"] == pytest.approx(2 / 3)
     assert metrics["noun_top1"] == pytest.approx(2 / 3)
-    assert metrics["verb_top5"] == metrics["noun_top5"] == 1.0
+    assert "verb_top5" not in metrics and "noun_top5" not in metrics  # 2 verbs, 3 nouns: top 5 is always right
     assert metrics["action_top1"] == metrics["top1"] == pytest.approx(1 / 3)
-    assert metrics["action_top5"] == metrics["top5"] == 1.0  # the true pair is at worst 4th
+    assert metrics["action_top5"] == metrics["top5"] == 1.0  # 6 pairs; the true pair is at worst 4th
     named = classification_metrics(np.concatenate([verb, noun], axis=1), targets, multi_label=False,
                                    class_splits=(2, 3), split_names=("colour", "shape"))
     assert named["colour_top1"] == pytest.approx(2 / 3)

@@ -112,7 +112,7 @@ def _clip_worker(rank: int, port: int, out: str, max_norm: float) -> None:
     x, y = _rank_batch(rank)
     with ddp.no_sync():  # what micro_step does with grad_clip_scope 'process'
         ((ddp(x) - y) ** 2).sum().backward()
-    norm = D.clip_gradients(list(model.parameters()), max_norm, "process", D.DistInfo(rank, 2))
+    norm = D.clip_gradients(model, max_norm, "process", D.DistInfo(rank, 2))
     torch.save({"grads": [p.grad for p in model.parameters()], "norm": norm}, f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
 
@@ -156,7 +156,7 @@ def test_one_process_clips_the_same_with_either_scope():
         model = _tiny_model()
         x, y = _rank_batch(1)
         ((model(x) - y) ** 2).sum().backward()
-        norm = D.clip_gradients(list(model.parameters()), 0.5, scope, D.DistInfo())
+        norm = D.clip_gradients(model, 0.5, scope, D.DistInfo())
         results[scope] = (norm, [p.grad.clone() for p in model.parameters()])
     assert results["global"][0] == results["process"][0] > 0.5
     assert all(torch.equal(a, b) for a, b in zip(results["global"][1], results["process"][1]))
@@ -195,7 +195,7 @@ def test_the_test_split_is_evaluated_with_every_view_when_due(toy, tmp_path):
     due = {epoch: scheduled_test(run, TrainState(epoch=epoch, step=epoch)) for epoch in range(3)}
     assert due[0] is None  # after epoch 1 of 3, test every 2
     assert due[1]["epoch"] == 2 and due[2]["epoch"] == 3  # every 2 epochs, and after the last
-    assert due[2]["test_num_clips"] == 3 and "test_top1" in due[2]
+    assert due[2]["test_num_videos"] == 3 and due[2]["test_num_clips"] == 3 * 6 and "test_top1" in due[2]
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records if "test_top1" in r] == [2, 3]
 
@@ -206,7 +206,7 @@ def test_training_writes_test_metrics_and_no_fusion_predictions(toy, tmp_path, c
     out = tmp_path / "run"
     assert main(["train", str(config), "--out", str(out), "--no-progress"]) == 0
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["test_num_clips"] for r in records if "test_num_clips" in r] == [3]  # after the last epoch
+    assert [r["test_num_clips"] for r in records if "test_num_clips" in r] == [3 * 2]  # after the last epoch
     capsys.readouterr()
     clip = str(root / "media" / "test_000.mp4")
     assert main(["predict", str(out), clip, "--json"]) == 0
@@ -270,7 +270,7 @@ def test_skip_and_mask_in_evaluation(incomplete, tmp_path):
         dataset = ClipDataset(read_manifest(manifest), ["bright", "dark"], run.dataset.preprocessor, train=False,
                               modalities=cfg.model.modalities, on_missing_modality=setting, num_clips=2)
         result = evaluate_dataset(run.model, dataset, batch_size=4, progress=False)
-        counts[setting] = (result.metrics["num_clips"], result.metrics["num_skipped"])
+        counts[setting] = (result.metrics["num_videos"], result.metrics["num_skipped"])
     assert counts == {"skip": (8, 2), "mask": (10, 0)}
 
 

@@ -39,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     from mbt.analysis.attention import capture_attention, default_layers, plot_attention_maps
     from mbt.engine.evaluate import load_for_inference
     from mbt.engine.predict import scores_from_logits
-    from mbt.media.decode import probe
+    from mbt.errors import DataError
+    from mbt.media.decode import probe_tracks
     from mbt.model.fusion import describe_fusion
 
     log = logging.getLogger("mbt.attention")
@@ -47,15 +48,13 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--frames must be >= 1, got {args.frames}")
     model, preprocessor = load_for_inference(args.checkpoint)
     layers = _parse_layers(args.layers) or default_layers(model)
-    info = probe(args.video)
-    available = {"video": info.has_video, "audio": info.has_audio}
-    wanted = tuple(m for m in model.config.modalities if available.get(m, False))
-    if not wanted:
-        raise ValueError(f"{args.video}: has none of the model's streams {model.config.modalities}")
-    for m in model.config.modalities:
-        if m not in wanted:
-            log.warning("%s: no %s track; drawing the attention of %s alone", args.video, m, ", ".join(wanted))
-    sample = preprocessor(args.video, train=False, modalities=wanted)
+    tracks = probe_tracks(args.video, model.config.modalities)
+    wanted = tracks.present
+    if not wanted:  # a data problem (exit 1), like a file that does not decode
+        raise DataError(f"{args.video}: has none of the model's streams {model.config.modalities}")
+    for m in tracks.missing:
+        log.warning("%s: no %s track; drawing the attention of %s alone", args.video, m, ", ".join(wanted))
+    sample = preprocessor(args.video, modalities=wanted)
     for warning in sample.warnings:
         log.warning("%s: %s", args.video, warning)
     inputs = {m: x.unsqueeze(0) for m, x in sample.inputs.items()}

@@ -54,13 +54,14 @@ def run_scenic(args: argparse.Namespace) -> int:
 def run_vit(args: argparse.Namespace) -> int:
     from mbt import MBT
     from mbt.config import load_config
+    from mbt.fileio import write_json
     from mbt.interop.vit import init_from_vit, summarize
 
     cfg = load_config(args.config, args.set)
     model = MBT(cfg.model)
     report = init_from_vit(model, args.weights, video_kernel_init=args.video_kernel_init, audio_cls=args.audio_cls)
     out = model.save_pretrained(args.out, preprocessing=cfg.preprocessor())
-    (out / "vit_init.json").write_text(json.dumps(report, indent=1) + "\n")
+    write_json(out / "vit_init.json", report, what="initialisation report")
     print(summarize(report))
     print(f"wrote {out}")
     return 0

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import sys
 from pathlib import Path
 
 
@@ -28,17 +28,40 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
 
 def _write_json(path: str, payload: dict) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(payload, indent=1) + "\n")
+    from mbt.fileio import write_json
+
+    write_json(path, payload, what="JSON report")
 
 
 # ==================================================================== check
 def run_check(args: argparse.Namespace) -> int:
+    from mbt.data.manifest import ManifestError
+
+    try:
+        return _check(args)
+    except ManifestError as e:  # a manifest or classes file that cannot be read is a data problem too
+        print(f"mbt data check: {e}", file=sys.stderr)
+        return 1
+
+
+def _check(args: argparse.Namespace) -> int:
     from mbt.data.check import check_manifest
 
-    report = check_manifest(args.manifest, _config(args), jobs=args.jobs)
+    cfg = _config(args)
+    classes, note = args.classes, None
+    if classes is None and args.config and cfg.data.classes:
+        classes = cfg.data.classes
+        if not Path(classes).is_file():  # a packaged recipe names the usual place; the window is still useful
+            classes, note = None, f"labels not checked: the config's classes file {cfg.data.classes} does not exist"
+    # How many labels a row may have is the config's to say; the preset's default (single-label) would flag every
+    # row of a multi-label manifest checked with --classes alone.
+    count = bool(args.config) or any(key in o for o in args.set for key in ("multi_label", "class_splits"))
+    report = check_manifest(args.manifest, cfg, classes=classes, check_label_count=count, jobs=args.jobs)
+    if note:
+        report.notes = [note]
     print(report.summary())
     if args.json:
-        _write_json(args.json, report.to_json())
+        _write_json(args.json, report.to_json())  # an OutputError: exit 3 (mbt.cli)
     return 0 if not report.problems else 1
 
 
@@ -46,10 +69,11 @@ def run_check(args: argparse.Namespace) -> int:
 def run_transcode(args: argparse.Namespace) -> int:
     from mbt.data.transcode import transcode_manifest
 
+    # an output folder, manifest or report that cannot be written is an OSError: exit 3 (mbt.cli)
     report = transcode_manifest(args.manifest, args.out, short_side=args.short_side, gop=args.gop, fps=args.fps,
                                 jobs=args.jobs)
     print(report.summary())
-    return 0 if not report.failed else 1
+    return 3 if report.output_failed else 1 if report.failed else 0
 
 
 # ==================================================================== prepare
@@ -88,10 +112,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
 
     check = sub.add_parser("check", help="decode every row and report unusable or suspicious clips",
-                           description="Decodes every manifest row with the config's window. Problems (unusable "
-                                       "rows) make the exit code 1; warnings (usable but worth a look) do not.")
+                           description="Decodes every manifest row with the config's window and checks its "
+                                       "labels against the classes file. Problems (unusable rows: media that "
+                                       "cannot be decoded, NaN samples, a window mostly padding, unknown or "
+                                       "missing labels, no rows at all) make the exit code 1; warnings (usable "
+                                       "but worth a look: cut off, damaged, short, silent, still, variable "
+                                       "frame rate) do not.")
     check.add_argument("manifest", help="manifest CSV (path,labels[,start,end])")
     _add_config_options(check)
+    check.add_argument("--classes", metavar="FILE",
+                       help="classes file the labels must come from (default: the --config's data.classes)")
     check.add_argument("--json", metavar="FILE", help='write {"ok", "problems", "warnings", "rows"} to FILE')
     check.add_argument("--jobs", type=int, default=_default_jobs(), help="decoding processes (default: %(default)s)")
     check.set_defaults(func=run_check)
@@ -99,8 +129,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     transcode = sub.add_parser("transcode", help="re-encode media for fast random access; resumable",
                                description="Re-encodes each file as H.264 (short side scaled, a keyframe every "
                                            "GOP frames) + AAC 16 kHz mono in mp4, and writes the matching "
-                                           "manifest in DIR. Files already done are skipped; failures are "
-                                           "reported in DIR/transcode_report.json.")
+                                           "manifest in DIR. Files already done are skipped; each file that "
+                                           "fails is reported (DIR/transcode_report.json) and the others go on. "
+                                           "Exit 1 when some input failed, 3 when outputs could not be written.")
     transcode.add_argument("manifest", help="manifest CSV")
     transcode.add_argument("--out", required=True, metavar="DIR", help="output folder (media + manifest)")
     transcode.add_argument("--short-side", type=int, default=256, help="scale the short side to N px (default 256)")
@@ -119,9 +150,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            "noun_classes}.csv), or the one CSV file")
     prep.add_argument("--media", required=True, metavar="DIR", help="folder holding the media files")
     prep.add_argument("--out", required=True, metavar="DIR", help="where manifests and classes.txt are written")
-    prep.add_argument("--pattern", help="media file name, e.g. '{ytid}_{start}.mp4' (fields: ytid, start, end, "
-                                        "start_ms, end_ms; epic: participant_id, video_id); common extensions "
-                                        "are tried too (default: the usual namings)")
+    prep.add_argument("--pattern", action="append", default=None, metavar="PATTERN",
+                      help="media file name, e.g. '{ytid}_{start}.mp4'; repeat to try several in order (fields: "
+                           "ytid, start, end in seconds ({start} 30 or 2.5, {start:.3f} 30.000, {start:06d} "
+                           "000030), start_ms, end_ms; epic: participant_id, video_id); other common extensions "
+                           "are tried too (default: AudioSet YTID_30.mp4, YTID_30_40.mp4, YTID_30.000_40.000.mp4, "
+                           "YTID_2.5_12.5.mp4, YTID_000030_000040.mp4, YTID.mp4, ...)")
     prep.add_argument("--keep-missing", action="store_true",
                       help="keep rows whose file is missing (with the expected path) instead of leaving them out")
     prep.add_argument("--full-videos", action="store_true",

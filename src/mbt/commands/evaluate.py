@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,8 +30,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    for name, value, low in (("--batch-size", args.batch_size, 1), ("--clips", args.clips, 1),
+                             ("--num-workers", args.num_workers, 0)):
+        if value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
     from mbt.engine.evaluate import evaluate_checkpoint
+    from mbt.errors import DataError
+    from mbt.fileio import check_writable_file, dumps, write_json
 
+    for path, what in ((args.json_file, "metrics JSON"), (args.per_class_ap, "per-class AP CSV")):
+        if path:
+            check_writable_file(path, what=what)  # before the work, not after it
     modalities = tuple(m.strip() for m in args.modalities.split(",") if m.strip()) if args.modalities else None
     result = evaluate_checkpoint(args.checkpoint, args.manifest, num_clips=args.clips, num_crops=args.crops,
                                  modalities=modalities, batch_size=args.batch_size, num_workers=args.num_workers,
@@ -40,8 +48,11 @@ def run(args: argparse.Namespace) -> int:
                                  fuse=not args.no_fusion, on_missing_modality=args.on_missing_modality)
     if not result.metrics:  # not the main process under torchrun
         return 0
-    print(json.dumps(result.metrics, indent=1))
     if args.json_file:
-        with open(args.json_file, "w") as handle:
-            json.dump(result.metrics, handle, indent=1)
+        write_json(args.json_file, result.metrics, what="metrics JSON")
+    print(dumps(result.metrics, indent=1))
+    if not result.metrics.get("num_clips"):
+        reasons = ", ".join(sorted({kind for _, kind, _ in result.skipped})) or "empty manifest"
+        raise DataError(f"{args.manifest}: no clip could be evaluated ({result.metrics.get('num_skipped', 0)} "
+                        f"skipped: {reasons}); `mbt data check` lists each file's problem")
     return 0

@@ -49,6 +49,8 @@ class DataConfig(ClipSampling, Augmentation):
     on_missing_modality: Literal["skip", "mask", "error"] = "skip"
     """A clip lacking a modality the model needs: 'skip' (logged and counted), 'mask' (used with the streams it
     has: the model's modality mask keeps the missing one out) or 'error'. Training, validation and tests."""
+    max_pad_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    """Training skips (and counts) a window more than this fraction padding, either modality; see the README."""
     cache: bool = False
     """Decode every clip once and keep it in memory, without per-epoch augmentation (small sets, the demo)."""
 
@@ -124,6 +126,10 @@ class TrainConfig(Schema):
     modality_dropout: dict[Literal["video", "audio", "flow"], Probability] = Field(default_factory=dict)
     """Per modality, the fraction of training samples whose stream is dropped (masked), e.g. {audio: 0.25,
     video: 0.25}; a sample loses at most one stream, so the fractions may sum to at most 1."""
+    log_every: PositiveInt = 50
+    """Without a terminal (log files, batch jobs): a progress line every this many steps."""
+    max_bad_steps: PositiveInt = 10
+    """Updates in a row with a non-finite loss (each skipped, its clips logged) before the run stops."""
 
     @model_validator(mode="after")
     def _check_modality_dropout(self) -> TrainConfig:

@@ -9,8 +9,8 @@ import json
 from typing import Any
 
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
+from mbt.bars import bar
 from mbt.data.datasets import ClipDataset
 
 _MEMO: dict[str, list[dict[str, Any]]] = {}
@@ -31,8 +31,8 @@ class InMemoryClips(Dataset):
         key = _key(dataset)
         if key not in _MEMO:
             loader = DataLoader(dataset, batch_size=None, num_workers=num_workers)
-            _MEMO[key] = list(tqdm(loader, total=len(dataset), desc="decoding once", disable=not progress,
-                                   leave=False, dynamic_ncols=True))
+            _MEMO[key] = list(bar(loader, enabled=progress, total=len(dataset), desc="decoding once",
+                                   leave=False))
         self.items = _MEMO[key]
 
     def set_epoch(self, epoch: int) -> None:

@@ -5,16 +5,19 @@ Training gives one randomly placed, augmented clip per manifest row; its randomn
 data-loader workers. Evaluation gives `num_clips` evenly spaced clips x `num_crops` crops per row ("views"),
 flattened as `row * views_per_row + view`; the engine averages the logits of a row's views.
 
-A clip that cannot be used (missing file, corrupt, lacking a modality the model needs) is never turned into a
-zero tensor with a label: the item is a skip marker that the collate function lists in `batch["skipped"]`, so the
-count survives worker processes and the engine can report it. With `on_missing_modality="mask"` a clip lacking one
-stream is used with the others: the missing stream's input is zeros and the item lists it in `missing`; the collate
-function turns that into `batch["modality_mask"]`, which the model uses so that those zeros reach nothing.
+A clip that cannot be used (missing file, corrupt, lacking a modality the model needs, NaN samples, a training
+window mostly padding) is never turned into a zero tensor with a label: the item is a skip marker that the collate
+function lists in `batch["skipped"]`, so the count survives worker processes and the engine can report it; padded
+clips are listed in `batch["padded"]`. The dataset itself logs neither (it runs in workers, once per epoch): the
+consumer does, once per clip, with `ClipLog`. With `on_missing_modality="mask"` a clip lacking one stream is used
+with the others: the missing stream's input is zeros and the item lists it in `missing`; the collate function turns
+that into `batch["modality_mask"]`, which the model uses so that those zeros reach nothing.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -63,9 +66,12 @@ class ClipDataset(Dataset):
     second's) -> int64 (num_splits,), label j of a row being looked up among split j's names. Labels are checked
     when the dataset is built: an unknown label is a ManifestError naming the manifest line.
 
-    An unusable clip (MediaError: missing, unreadable, empty, or lacking one of `modalities`) is logged and
-    returned as a skip marker with `on_missing_modality="skip"`; with "error" the MediaError is raised; with
-    "mask" a clip lacking one stream (but not all) is used with the streams it has (see the module docstring).
+    An unusable clip (a MediaError: missing, unreadable, corrupt, non-finite, lacking one of `modalities`...) is
+    returned as a skip marker with `on_missing_modality="skip"`; with "error" the MediaError is raised (in the
+    main process too: a worker's MediaError is rebuilt from its message); with "mask" a clip lacking one stream
+    (but not all) is used with the streams it has (see the module docstring). A window whose padding (either
+    modality) is more than `max_pad_fraction` is a skip of kind `too_much_padding` in either mode; None accepts any
+    padding (evaluation: every view of a short clip is padded alike).
 
     `set_epoch` must reach the dataset the workers use: the engine calls it before creating each epoch's iterator
     (non-persistent workers copy the dataset then).
@@ -74,7 +80,7 @@ class ClipDataset(Dataset):
     def __init__(self, rows: list[ManifestRow], class_names: list[str], preprocessor: Preprocessor, *,
                  train: bool, modalities: tuple[str, ...], multi_label: bool = False,
                  class_splits: tuple[int, ...] | None = None, num_clips: int = 1, num_crops: int = 1,
-                 on_missing_modality: str = "skip", seed: int = 0):
+                 on_missing_modality: str = "skip", seed: int = 0, max_pad_fraction: float | None = None):
         if on_missing_modality not in ON_MISSING_MODALITY:
             raise ValueError(f"on_missing_modality must be one of {ON_MISSING_MODALITY}, got {on_missing_modality!r}")
         if class_splits is not None and multi_label:
@@ -89,6 +95,7 @@ class ClipDataset(Dataset):
         self.multi_label = multi_label
         self.class_splits = tuple(class_splits) if class_splits is not None else None
         self.on_missing_modality = on_missing_modality
+        self.max_pad_fraction = max_pad_fraction
         self.seed = seed
         self.epoch = 0
         # training samples one random clip per row; evaluation enumerates the views
@@ -183,14 +190,23 @@ class ClipDataset(Dataset):
         except MediaError as e:
             if self.on_missing_modality == "error":
                 raise
-            log.warning("skipping %s (manifest line %d): %s: %s", row.path, row.line, e.kind, e.reason)
             return {"skipped": e.reason, "kind": e.kind, "row": row_index, "path": str(row.path)}
+        pads = {"video": sample.video_pad_fraction, "audio": sample.audio_pad_fraction}
+        worst = max(pads, key=pads.get)
+        if self.max_pad_fraction is not None and pads[worst] > self.max_pad_fraction:
+            reason = (f"{pads[worst]:.0%} of the {worst} window would be padding (data.max_pad_fraction "
+                      f"{self.max_pad_fraction:g}): the file is shorter than the window, cut off or damaged")
+            return {"skipped": reason, "kind": "too_much_padding", "row": row_index, "path": str(row.path)}
         for warning in sample.warnings:
             log.debug("%s: %s", row.path, warning)
         inputs = {m: sample.inputs[m] if m not in missing else blank_input(self.preprocessor.cfg, m)
                   for m in self.modalities}
-        return {"inputs": inputs, "target": self._target(row_index), "row": row_index,
+        item = {"inputs": inputs, "target": self._target(row_index), "row": row_index,
                 "view": index % self.views_per_row, "missing": missing}
+        if sample.video_padded or sample.audio_padded:
+            item["padded"] = (str(row.path), sample.video_pad_fraction if sample.video_padded else 0.0,
+                              sample.audio_pad_fraction if sample.audio_padded else 0.0)
+        return item
 
     def _sample(self, row: ManifestRow, row_index: int, position: float, crop: int, modalities: tuple[str, ...]):
         if self.train:  # the same generator for a retry without a missing stream: still a function of the item
@@ -222,7 +238,8 @@ def blank_input(cfg: PreprocessorConfig, modality: str) -> torch.Tensor:
 
 
 def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Stack the usable items; `skipped` lists (row, path, kind, reason) of the others.
+    """Stack the usable items; `skipped` lists (row, path, kind, reason) of the others, `padded` (row, path, video
+    fraction, audio fraction) of the usable items that were padded beyond the tolerance.
 
     A batch whose items were all skipped has empty `inputs`, `target` None and zero-length `row` / `view`.
     `modality_mask` {stream: (B,) bool} is there when some item lacks a stream (`on_missing_modality="mask"`).
@@ -237,8 +254,46 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "row": torch.tensor([item["row"] for item in usable], dtype=torch.int64),
         "view": torch.tensor([item["view"] for item in usable], dtype=torch.int64),
         "skipped": skipped,
+        "padded": [(item["row"], *item["padded"]) for item in usable if "padded" in item],
     }
     if lacking:
         batch["modality_mask"] = {m: torch.tensor([m not in item.get("missing", ()) for item in usable])
                                   for m in sorted(lacking)}
     return batch
+
+
+class ClipLog:
+    """Logs each skipped or padded clip of a run once (not once per epoch) and counts them by kind.
+
+    `record(batch)` after each batch of `collate`; `take_counts()` returns the counts since the last call (e.g. per
+    epoch, for metrics.jsonl): {"skipped": {kind: n}, "padded": n}. A row skipped in one epoch and used in another
+    (a random window of a cut-off file) is logged once for each.
+    """
+
+    def __init__(self, logger: logging.Logger, what: str = "clip"):
+        self.log = logger
+        self.what = what
+        self._skips_logged: set[int] = set()
+        self._pads_logged: set[int] = set()
+        self.skipped: Counter[str] = Counter()
+        self.padded = 0
+
+    def record(self, batch: dict[str, Any]) -> None:
+        for row, path, kind, reason in batch["skipped"]:
+            self.skipped[kind] += 1
+            if row not in self._skips_logged:
+                self._skips_logged.add(row)
+                self.log.warning("skipped %s %s (%s): %s", self.what, path, kind, reason)
+        for row, path, video_fraction, audio_fraction in batch.get("padded", ()):
+            self.padded += 1
+            if row not in self._pads_logged:
+                self._pads_logged.add(row)
+                parts = [f"{f:.0%} of the {m} window" for m, f in (("video", video_fraction),
+                                                                    ("audio", audio_fraction)) if f > 0]
+                self.log.info("padded %s %s: %s filled (repeated frames / silence)", self.what, path,
+                              " and ".join(parts))
+
+    def take_counts(self) -> dict[str, Any]:
+        counts = {"skipped": dict(self.skipped), "padded": self.padded}
+        self.skipped, self.padded = Counter(), 0
+        return counts

@@ -7,6 +7,8 @@ single-label sets, several for multi-label sets); `start` / `end` are seconds an
 from __future__ import annotations
 
 import csv
+import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,12 +26,28 @@ class ManifestRow:
     line: int = 0  # line number in the manifest, for messages
 
 
-def read_classes(path: str | Path) -> list[str]:
+def read_text(path: str | Path, what: str) -> str:
+    """A text file's contents: UTF-8, with or without a byte-order mark (spreadsheet programs write one). Other
+    encodings are a ManifestError naming the file, the line and the byte, since guessing would corrupt labels."""
     path = Path(path)
     try:
-        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        data = path.read_bytes()
+    except IsADirectoryError:
+        raise ManifestError(f"{path}: cannot read {what}: is a directory") from None
     except OSError as e:
-        raise ManifestError(f"{path}: cannot read classes file: {e.strerror}") from None
+        raise ManifestError(f"{path}: cannot read {what}: {e.strerror or e}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ManifestError(f"{path}:{line}: {what} is not UTF-8 text (byte 0x{data[e.start]:02x} at column "
+                            f"{column}); save it as UTF-8") from None
+
+
+def read_classes(path: str | Path) -> list[str]:
+    path = Path(path)
+    names = [line.strip() for line in read_text(path, "classes file").splitlines()]
     while names and not names[-1]:
         names.pop()
     for i, name in enumerate(names, 1):
@@ -56,16 +74,13 @@ def _seconds(value: str, path: Path, line: int, key: str) -> float | None:
     return seconds
 
 
-def read_manifest(path: str | Path) -> list[ManifestRow]:
+def read_manifest(path: str | Path, *, labels_required: bool = True) -> list[ManifestRow]:
+    """The rows of a manifest. `labels_required=False` (prediction) also accepts a header with `path` alone."""
     path = Path(path)
-    try:
-        handle = path.open(newline="", encoding="utf-8")
-    except OSError as e:
-        raise ManifestError(f"{path}: cannot read manifest: {e.strerror}") from None
-    with handle:
+    with io.StringIO(read_text(path, "manifest"), newline="") as handle:
         reader = csv.DictReader(handle)
         header = [h.strip() for h in (reader.fieldnames or [])]
-        if "path" not in header or "labels" not in header:
+        if "path" not in header or ("labels" not in header and labels_required):
             raise ManifestError(f"{path}: header must start with path,labels[,start,end]; got {header}")
         rows = []
         for line, record in enumerate(reader, 2):
@@ -73,7 +88,7 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
             file = record["path"].strip()
             if not file:
                 raise ManifestError(f"{path}:{line}: empty path")
-            labels = tuple(label.strip() for label in record["labels"].split(";") if label.strip())
+            labels = tuple(label.strip() for label in record.get("labels", "").split(";") if label.strip())
             start = _seconds(record.get("start", ""), path, line, "start")
             end = _seconds(record.get("end", ""), path, line, "end")
             if start is not None and end is not None and end <= start:
@@ -88,17 +103,20 @@ def write_manifest(path: str | Path, rows: list[ManifestRow], relative: bool = T
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with_times = any(r.start is not None or r.end is not None for r in rows)
-    base = path.parent.resolve()
+    # abspath, not resolve(): a row's symbolic link is kept as the user named it, and a link loop (which
+    # resolve() raises on) is the data checker's to report, not a reason to fail writing the manifest
+    base = Path(os.path.abspath(path.parent))
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "labels", "start", "end"] if with_times else ["path", "labels"])
         for r in rows:
             file = Path(r.path)
             if relative:
+                file = Path(os.path.abspath(file))
                 try:
-                    file = file.resolve().relative_to(base)
+                    file = file.relative_to(base)
                 except ValueError:
-                    file = file.resolve()
+                    pass
             row = [file.as_posix(), ";".join(r.labels)]
             if with_times:
                 row += ["" if r.start is None else f"{r.start:g}", "" if r.end is None else f"{r.end:g}"]

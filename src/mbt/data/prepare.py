@@ -9,23 +9,44 @@ are left out of the manifest unless `keep_missing` is set.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mbt.data.manifest import ManifestError, ManifestRow, write_classes, write_manifest
+from mbt.data.manifest import ManifestError, ManifestRow, read_text, write_classes, write_manifest
 
 log = logging.getLogger("mbt.data")
 
 # Tried in this order when a name pattern has no extension of its own, or the one it has is not there.
 MEDIA_EXTENSIONS = (".mp4", ".MP4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
 
-AUDIOSET_PATTERNS = ("{ytid}_{start}.mp4", "{ytid}_{start}_{end}.mp4", "{ytid}_{start_ms}_{end_ms}.mp4",
-                     "Y{ytid}.mp4", "{ytid}.mp4", "{ytid}_{start:06d}.mp4")
-VGGSOUND_PATTERNS = ("{ytid}_{start:06d}.mp4", "{ytid}_{start}.mp4", "{ytid}_{start}_{end}.mp4", "{ytid}.mp4")
+# Name patterns (str.format) tried in order. `{start}` / `{end}` are seconds written as short as they go (30, 2.5);
+# a format spec picks another spelling: `{start:.3f}` 30.000 (AudioSet's CSV), `{start:06d}` 000030 (VGGSound).
+AUDIOSET_PATTERNS = ("{ytid}_{start}.mp4", "{ytid}_{start}_{end}.mp4", "{ytid}_{start:.3f}_{end:.3f}.mp4",
+                     "{ytid}_{start:.1f}_{end:.1f}.mp4", "{ytid}_{start_ms}_{end_ms}.mp4",
+                     "{ytid}_{start:06d}_{end:06d}.mp4", "Y{ytid}.mp4", "{ytid}.mp4", "{ytid}_{start:06d}.mp4")
+VGGSOUND_PATTERNS = ("{ytid}_{start:06d}.mp4", "{ytid}_{start:06d}_{end:06d}.mp4", "{ytid}_{start}.mp4",
+                     "{ytid}_{start}_{end}.mp4", "{ytid}_{start:.3f}_{end:.3f}.mp4", "{ytid}.mp4")
 EPIC_PATTERNS = ("{participant_id}/videos/{video_id}.MP4", "{video_id}.MP4")
+
+
+class Seconds(float):
+    """A segment time in name patterns: `{start}` 30 or 2.5 (no trailing zeros), `{start:.3f}` 30.000, and an
+    integer spec such as `{start:06d}` the whole seconds (000030), as VGGSound names its clips."""
+
+    def __format__(self, spec: str) -> str:
+        if not spec:
+            return format(float(self), "g")
+        if spec[-1] in "dxXob":
+            return format(int(self), spec)
+        return format(float(self), spec)
+
+    def __str__(self) -> str:
+        return format(self, "")
 
 
 @dataclass
@@ -36,6 +57,7 @@ class SplitResult:
     missing: int  # rows whose media file was not found
     missing_list: Path | None = None  # one id a line; None when nothing is missing
     dropped: int = 0  # rows left out for another reason (e.g. an empty time window), logged with the line
+    matched: dict[str, int] = field(default_factory=dict)  # name pattern -> rows whose file it found
 
 
 @dataclass
@@ -54,6 +76,8 @@ class PrepareResult:
             if s.dropped:
                 line += f"; {s.dropped} dropped (see the log)"
             lines.append(line)
+            if s.matched:
+                lines.append("  found by " + ", ".join(f"{pattern!r}: {count}" for pattern, count in s.matched.items()))
         settings = [f"model.num_classes={self.num_classes}", f"data.classes={self.classes}"]
         if self.multi_label:
             settings.append("model.multi_label=true")
@@ -79,39 +103,45 @@ class MediaIndex:
                 self.by_relpath[file.relative_to(self.root).as_posix()] = file
                 self.by_name.setdefault(name, file)
 
-    def find(self, patterns: Iterable[str], fields: dict[str, object]) -> Path | None:
+    def find(self, patterns: Iterable[str], fields: dict[str, object]) -> tuple[Path, str] | tuple[None, None]:
+        """The first file one of `patterns` names, and that pattern."""
         for pattern in patterns:
             for candidate in _with_extensions(pattern.format(**fields)):
                 found = self.by_relpath.get(candidate) or self.by_name.get(Path(candidate).name)
                 if found is not None:
-                    return found
-        return None
+                    return found, pattern
+        return None, None
 
 
 def _with_extensions(name: str) -> Iterator[str]:
     yield name
     stem, suffix = os.path.splitext(name)
+    if not any(c.isalpha() for c in suffix):  # `id_2.5`: the ".5" is a time, not an extension
+        stem, suffix = name, ""
     for ext in MEDIA_EXTENSIONS:
         if ext != suffix:
             yield stem + ext
 
 
 def _time_fields(start: float, end: float | None) -> dict[str, object]:
-    """Name-pattern fields for a segment: whole seconds (`{start:06d}`) and milliseconds."""
-    fields: dict[str, object] = {"start": int(start), "start_ms": int(round(start * 1000))}
+    """Name-pattern fields for a segment: seconds (see `Seconds`) and whole milliseconds."""
+    fields: dict[str, object] = {"start": Seconds(start), "start_ms": int(round(start * 1000))}
     if end is not None:
-        fields.update(end=int(end), end_ms=int(round(end * 1000)))
+        fields.update(end=Seconds(end), end_ms=int(round(end * 1000)))
     return fields
 
 
-def _patterns(pattern: str | None, defaults: tuple[str, ...]) -> tuple[str, ...]:
-    if pattern is None:
+def _patterns(patterns: str | Sequence[str] | None, defaults: tuple[str, ...]) -> tuple[str, ...]:
+    """The `--pattern`s given (in order), else the defaults; each checked by formatting sample fields."""
+    if patterns is None or (not isinstance(patterns, str) and not patterns):
         return defaults
-    try:
-        pattern.format(ytid="x", start=0, end=0, start_ms=0, end_ms=0, participant_id="P", video_id="V")
-    except (KeyError, IndexError, ValueError) as e:
-        raise ValueError(f"--pattern {pattern!r}: bad field {e}; use e.g. {defaults[0]!r}") from None
-    return (pattern,)
+    patterns = (patterns,) if isinstance(patterns, str) else tuple(patterns)
+    for pattern in patterns:
+        try:
+            pattern.format(ytid="x", **_time_fields(2.5, 12.5), participant_id="P", video_id="V")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"--pattern {pattern!r}: bad field {e}; use e.g. {defaults[0]!r}") from None
+    return patterns
 
 
 def _check_label(name: str, where: str) -> str:
@@ -132,10 +162,15 @@ class _SplitWriter:
         self.missing_rows = 0
         self.read = 0
         self.dropped = 0
+        self.matched: Counter[str] = Counter()
 
-    def add(self, found: Path | None, expected: Path, labels: tuple[str, ...], missing_id: str,
-            start: float | None = None, end: float | None = None) -> None:
+    def add(self, found: tuple[Path, str] | tuple[None, None], expected: Path, labels: tuple[str, ...],
+            missing_id: str, start: float | None = None, end: float | None = None) -> None:
+        """`found`: (file, the pattern that named it) from MediaIndex.find, or (None, None)."""
         self.read += 1
+        found, pattern = found
+        if pattern is not None:
+            self.matched[pattern] += 1
         if found is None:
             self.missing_rows += 1
             self.missing_ids[missing_id] = None
@@ -156,16 +191,13 @@ class _SplitWriter:
             missing_list.write_text("".join(f"{m}\n" for m in self.missing_ids), encoding="utf-8")
             log.warning("%s: %d of %d rows have no media file (ids in %s)", self.name, self.missing_rows,
                         self.read, missing_list)
-        return SplitResult(manifest, self.read, len(self.rows), self.missing_rows, missing_list, self.dropped)
+        return SplitResult(manifest, self.read, len(self.rows), self.missing_rows, missing_list, self.dropped,
+                           dict(self.matched.most_common()))
 
 
 def _read_csv(path: Path) -> Iterator[tuple[int, list[str]]]:
     """(line number, stripped fields) of each record of a CSV file, `#` comment lines and blank lines skipped."""
-    try:
-        handle = path.open(newline="", encoding="utf-8")
-    except OSError as e:
-        raise ManifestError(f"{path}: cannot read: {e.strerror}") from None
-    with handle:
+    with io.StringIO(read_text(path, "annotation file"), newline="") as handle:
         # skipinitialspace: AudioSet writes `id, 30.000, 40.000, "/m/a,/m/b"`, a space before the quote.
         reader = csv.reader(handle, skipinitialspace=True)
         for fields in reader:
@@ -230,7 +262,8 @@ def read_audioset_classes(path: str | Path) -> tuple[list[str], dict[str, str]]:
     return names, {mid: name for mid, name in by_index.values()}
 
 
-def prepare_audioset(annotations: str | Path, media: str | Path, out: str | Path, *, pattern: str | None = None,
+def prepare_audioset(annotations: str | Path, media: str | Path, out: str | Path, *,
+                     pattern: str | Sequence[str] | None = None,
                      keep_missing: bool = False, full_videos: bool = False) -> PrepareResult:
     """AudioSet segment CSVs (`*_segments.csv`, or one such file) + `class_labels_indices.csv` -> manifests.
 
@@ -277,7 +310,8 @@ def prepare_audioset(annotations: str | Path, media: str | Path, out: str | Path
 VGGSOUND_CLIP_SECONDS = 10.0
 
 
-def prepare_vggsound(annotations: str | Path, media: str | Path, out: str | Path, *, pattern: str | None = None,
+def prepare_vggsound(annotations: str | Path, media: str | Path, out: str | Path, *,
+                     pattern: str | Sequence[str] | None = None,
                      keep_missing: bool = False, full_videos: bool = False) -> PrepareResult:
     """`vggsound.csv` (no header: ytid,start_seconds,label,split) -> train.csv, test.csv and classes.txt.
 
@@ -354,7 +388,7 @@ def epic_class_names(verbs: list[str], nouns: list[str]) -> tuple[list[str], lis
 
 
 def prepare_epic_kitchens(annotations: str | Path, media: str | Path, out: str | Path, *,
-                          pattern: str | None = None, keep_missing: bool = False) -> PrepareResult:
+                          pattern: str | Sequence[str] | None = None, keep_missing: bool = False) -> PrepareResult:
     """Epic-Kitchens-100 action segments -> train.csv / validation.csv with start/end, labels `verb;noun`.
 
     The classes file lists the 97 verbs then the 300 nouns, so `model.class_splits=[97, 300]`.

@@ -2,7 +2,9 @@
 
 The statistics are over every frame and mel bin of the sampled clips' un-normalised spectrograms (the same front
 end, window and sample rate as training), so `(x - spec_mean) / spec_std` gives the data zero mean and unit
-variance. Clips shorter than the window are left out: their padding is not audio.
+variance. A clip shorter than the window is padded exactly as training pads it (silence after the audio, the
+front end run over the padded window, AST's `get_norm_stats` way), so the statistics are of what the model is
+fed; the summary says how many clips were padded.
 """
 
 from __future__ import annotations
@@ -27,25 +29,27 @@ log = logging.getLogger("mbt.data")
 
 @dataclass
 class SpecStats:
-    spec_mean: float
-    spec_std: float
+    spec_mean: float | None  # None when no clip could be decoded (never NaN: the JSON stays strict)
+    spec_std: float | None
     clips: int  # clips the statistics are over
     frames: int  # spectrogram frames per clip
     bins: int  # mel bins
     frontend: str
     skipped: int  # rows that could not be decoded
-    padded: int  # clips shorter than the window, left out
+    padded: int  # of `clips`, those shorter than the window, padded with silence as in training
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def summary(self) -> str:
         if not self.clips:
-            return (f"no usable clip ({self.skipped} could not be decoded, {self.padded} shorter than the window): "
-                    "no statistics; `mbt data check` tells why")
+            return (f"no usable clip ({self.skipped} could not be decoded): no statistics; `mbt data check` "
+                    "tells why")
+        padded = (f"; {self.padded} shorter than the {self.frames}-frame window, padded with silence as training "
+                  "pads them" if self.padded else "")
         return "\n".join([
             f"{self.frontend} spectrogram over {self.clips} clips ({self.frames} frames x {self.bins} bins each; "
-            f"{self.skipped} undecodable and {self.padded} shorter than the window left out):",
+            f"{self.skipped} undecodable left out{padded}):",
             f"mean {self.spec_mean:.6g}, std {self.spec_std:.6g}",
             "paste into the config's data section:",
             "  normalisation: custom",
@@ -55,7 +59,8 @@ class SpecStats:
 
 
 def _clip_moments(window: PreprocessorConfig, task: tuple[str, float | None, float | None]) -> tuple[str, Any]:
-    """("ok", (count, sum, sum of squares)) of one clip's spectrogram, or ("skipped" | "padded", reason)."""
+    """("ok" | "padded", (count, sum, sum of squares)) of one clip's spectrogram as training computes it, or
+    ("skipped", reason)."""
     path, start, end = task
     try:
         clip = decode_clip(path, num_frames=window.num_frames, fps=window.fps, frame_stride=window.frame_stride,
@@ -63,10 +68,8 @@ def _clip_moments(window: PreprocessorConfig, task: tuple[str, float | None, flo
                            video=False, audio=True)
     except MediaError as e:
         return "skipped", f"{e.kind}: {e.reason}"
-    if clip.audio_padded:
-        return "padded", "shorter than the window"
     spec = Preprocessor(window).spectrogram(clip.audio).double()
-    return "ok", (spec.numel(), spec.sum().item(), spec.pow(2).sum().item())
+    return "padded" if clip.audio_padded else "ok", (spec.numel(), spec.sum().item(), spec.pow(2).sum().item())
 
 
 def spectrogram_stats(manifest: str | Path, cfg: Config | None = None, *, max_clips: int = 1000, jobs: int = 1,
@@ -85,14 +88,14 @@ def spectrogram_stats(manifest: str | Path, cfg: Config | None = None, *, max_cl
     for (path, _, _), (status, value) in zip(tasks, map_with_progress(partial(_clip_moments, window), tasks,
                                                                        jobs=jobs, desc="stats", progress=progress)):
         outcomes[status] += 1
-        if status == "ok":
-            n, s, ss = value
-            count, total, squares = count + n, total + s, squares + ss
-        else:
+        if status == "skipped":
             log.debug("%s left out: %s", path, value)
-    mean = total / count if count else float("nan")
-    std = max(squares / count - mean ** 2, 0.0) ** 0.5 if count else float("nan")
-    return SpecStats(spec_mean=mean, spec_std=std, clips=outcomes["ok"], frames=window.spec_frames,
-                     bins=window.num_mel_bins, frontend=window.audio_frontend, skipped=outcomes["skipped"],
+            continue
+        n, s, ss = value
+        count, total, squares = count + n, total + s, squares + ss
+    mean = total / count if count else None
+    std = max(squares / count - mean ** 2, 0.0) ** 0.5 if count else None
+    return SpecStats(spec_mean=mean, spec_std=std, clips=outcomes["ok"] + outcomes["padded"],
+                     frames=window.spec_frames, bins=window.num_mel_bins, frontend=window.audio_frontend, skipped=outcomes["skipped"],
                      padded=outcomes["padded"])
 

@@ -4,11 +4,15 @@ Each file becomes an mp4 with H.264 video (short side scaled down to `short_side
 so seeking to any clip decodes at most `gop` frames) and AAC 16 kHz mono audio (what the audio front end uses).
 Timestamps are kept, so the manifest's start/end still select the same moments. An output is written under a
 temporary name and renamed when complete: a file that exists is done, and a rerun skips it.
+
+Each file succeeds or fails on its own: a missing or damaged input, a FIFO, a symbolic-link loop, an encoder error
+or a full disk is that file's failure, listed with its kind, and the other files go on.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import errno
 import logging
 import os
 from dataclasses import dataclass, field
@@ -19,6 +23,8 @@ import av
 
 from mbt.data.manifest import ManifestRow, read_manifest, write_manifest
 from mbt.data.parallel import map_with_progress
+from mbt.fileio import describe_os_error, write_json
+from mbt.media.decode import DECODER_ERRORS, MediaError, open_media
 
 log = logging.getLogger("mbt.data")
 
@@ -26,8 +32,25 @@ AUDIO_RATE = 16000
 REPORT_NAME = "transcode_report.json"
 
 
+# Output errors that are the disk's or the folder's, not the file's: the run cannot do better by going on alone.
+_IO_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
 class TranscodeError(RuntimeError):
-    """A file that could not be re-encoded; the message names it."""
+    """A file that could not be re-encoded; the message names it. `kind`: a MediaError kind for the input,
+    "output" when the output could not be written (disk full, read-only, permission), "encode" otherwise."""
+
+    def __init__(self, message: str, kind: str = "encode"):
+        super().__init__(message)
+        self.kind = kind
+
+
+class _OutputError(Exception):
+    """Writing the output failed (raised inside the input's `open_media`, which would call an OSError corrupt)."""
+
+    def __init__(self, error: BaseException):
+        super().__init__(str(error))
+        self.error = error
 
 
 @dataclass
@@ -35,7 +58,7 @@ class TranscodeReport:
     manifest: Path  # the manifest written in the output folder
     done: int = 0  # files encoded by this run
     already_done: int = 0  # outputs that existed (a resumed run)
-    failed: list[dict[str, str]] = field(default_factory=list)  # {"path", "reason"}
+    failed: list[dict[str, str]] = field(default_factory=list)  # {"path", "kind", "reason"}
     rows: int = 0  # rows in the written manifest
 
     def to_json(self) -> dict:
@@ -48,8 +71,13 @@ class TranscodeReport:
         if self.failed:
             lines.append(f"{len(self.failed)} file(s) failed (their rows are left out; see "
                          f"{self.manifest.parent / REPORT_NAME}):")
-            lines += [f"  {f['path']}: {f['reason']}" for f in self.failed]
+            lines += [f"  {f['path']}: {f['kind']}: {f['reason']}" for f in self.failed]
         return "\n".join(lines)
+
+    @property
+    def output_failed(self) -> bool:
+        """Some output could not be written (disk full, read-only, permission): an I/O failure, not the data's."""
+        return any(f["kind"] == "output" for f in self.failed)
 
 
 def _even(x: float) -> int:
@@ -152,24 +180,41 @@ def transcode_file(src: str | Path, dst: str | Path, *, short_side: int = 256, g
                    fps: float | None = None) -> None:
     """Re-encode one file to `dst` (written as `dst` only once complete). Raises TranscodeError."""
     src, dst = Path(src), Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.part")
     try:
+        try:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise _OutputError(e) from None
         _encode(src, tmp, short_side=short_side, gop=gop, fps=fps)
-        os.replace(tmp, dst)
-    except (av.FFmpegError, OSError, ValueError) as e:
-        raise TranscodeError(f"{src}: {e}") from None
+        try:
+            os.replace(tmp, dst)
+        except OSError as e:
+            raise _OutputError(e) from None
+    except MediaError as e:
+        raise TranscodeError(f"{src}: {e.reason}", e.kind) from None
+    except _OutputError as e:
+        code = getattr(e.error, "errno", None)
+        raise TranscodeError(f"{src}: cannot write {dst}: {describe_os_error(e.error, dst)}",
+                             "output" if code in _IO_ERRNOS else "encode") from None
+    except DECODER_ERRORS as e:
+        raise TranscodeError(f"{src}: {type(e).__name__}: {e}") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only or vanished folder: nothing was left there anyway
+            tmp.unlink(missing_ok=True)
 
 
 def _encode(src: Path, dst: Path, *, short_side: int, gop: int, fps: float | None) -> None:
-    with av.open(str(src)) as source:
+    # open_media turns every input failure (and a FIFO or a device, which av.open would block on) into a
+    # MediaError; output failures are raised as _OutputError so that it does not take them for the input's.
+    with open_media(src) as source:
         inputs = [s for s in (source.streams.video[:1] + source.streams.audio[:1])]
-        if not inputs:
-            raise ValueError("no audio or video stream")
-        # faststart puts the index first: a reader can seek without scanning the file
-        with av.open(str(dst), "w", format="mp4", options={"movflags": "+faststart"}) as out:
+        try:
+            # faststart puts the index first: a reader can seek without scanning the file
+            out = av.open(str(dst), "w", format="mp4", options={"movflags": "+faststart"})
+        except DECODER_ERRORS as e:
+            raise _OutputError(e) from None
+        try:
             sinks: dict[int, _VideoSink | _AudioSink] = {}
             for stream in inputs:
                 sinks[stream.index] = (_VideoSink(out, stream, short_side=short_side, gop=gop, fps=fps)
@@ -177,9 +222,22 @@ def _encode(src: Path, dst: Path, *, short_side: int, gop: int, fps: float | Non
             # one pass over the interleaved packets keeps the output interleaved too
             for packet in source.demux(*inputs):
                 for frame in packet.decode():
-                    sinks[packet.stream.index].push(frame)
+                    _write(sinks[packet.stream.index].push, frame)
             for sink in sinks.values():
-                sink.close()
+                _write(sink.close)
+        except BaseException:
+            with contextlib.suppress(*DECODER_ERRORS):
+                out.close()
+            raise
+        _write(out.close)  # with faststart the index is written here: a full disk shows up now
+
+
+def _write(step, *args) -> None:
+    """Run an encode-and-mux step; its failures are the output's (encoder, disk), not the input's."""
+    try:
+        step(*args)
+    except DECODER_ERRORS as e:
+        raise _OutputError(e) from None
 
 
 # ==================================================================== a manifest
@@ -187,8 +245,9 @@ def output_names(sources: list[Path], manifest_dir: Path) -> dict[Path, Path]:
     """Output path (relative to the output folder) of each source, with an .mp4 suffix: its path relative to the
     manifest's folder, or to the sources' common folder when some lie outside it. Where two sources would collide
     (a.mkv and a.mp4), their old suffix is kept (a.mkv.mp4)."""
-    resolved = {src: src.resolve() for src in sources}
-    base = manifest_dir.resolve()
+    # abspath, not resolve(): resolving would follow a symbolic-link loop into an error before any file is done
+    resolved = {src: Path(os.path.abspath(src)) for src in sources}
+    base = Path(os.path.abspath(manifest_dir))
     if not all(path.is_relative_to(base) for path in resolved.values()):
         base = Path(os.path.commonpath([path.parent for path in resolved.values()]))
     relative = {src: path.relative_to(base) for src, path in resolved.items()}
@@ -200,13 +259,16 @@ def output_names(sources: list[Path], manifest_dir: Path) -> dict[Path, Path]:
             for src, name in names.items()}
 
 
-def _transcode_job(job: tuple[Path, Path, int, int, float | None]) -> tuple[str, str | None]:
+def _transcode_job(job: tuple[Path, Path, int, int, float | None]) -> tuple[str, str | None, str | None]:
+    """("done", None, None) or ("failed", kind, reason): a failure of one file never ends the others."""
     src, dst, short_side, gop, fps = job
     try:
         transcode_file(src, dst, short_side=short_side, gop=gop, fps=fps)
     except TranscodeError as e:
-        return "failed", str(e).removeprefix(f"{src}: ")
-    return "done", None
+        return "failed", e.kind, str(e).removeprefix(f"{src}: ")
+    except Exception as e:  # whatever else one file provokes is still that file's failure
+        return "failed", "encode", f"{type(e).__name__}: {e}"
+    return "done", None, None
 
 
 def transcode_manifest(manifest: str | Path, out: str | Path, *, short_side: int = 256, gop: int = 16,
@@ -230,17 +292,17 @@ def transcode_manifest(manifest: str | Path, out: str | Path, *, short_side: int
         else:
             todo.append((src, out / names[src], short_side, gop, fps))
     failed: set[Path] = set()
-    for job, (status, reason) in zip(todo, map_with_progress(_transcode_job, todo, jobs=jobs, desc="transcode",
-                                                             progress=progress)):
+    for job, (status, kind, reason) in zip(todo, map_with_progress(_transcode_job, todo, jobs=jobs,
+                                                                   desc="transcode", progress=progress)):
         if status == "done":
             report.done += 1
         else:
             failed.add(job[0])
-            report.failed.append({"path": str(job[0]), "reason": reason})
-            log.warning("transcode failed: %s: %s", job[0], reason)
+            report.failed.append({"path": str(job[0]), "kind": kind, "reason": reason})
+            log.warning("transcode failed: %s: %s: %s", job[0], kind, reason)
     kept = [ManifestRow(out / names[row.path], row.labels, row.start, row.end, row.line)
             for row in rows if row.path not in failed]
     write_manifest(report.manifest, kept)
     report.rows = len(kept)
-    (out / REPORT_NAME).write_text(json.dumps(report.to_json(), indent=1) + "\n")
+    write_json(out / REPORT_NAME, report.to_json(), what="transcode report")
     return report

@@ -85,7 +85,7 @@ def gather_objects(obj, info: DistInfo) -> list:
 def all_reduce_sum(value: float, info: DistInfo) -> float:
     if not info.enabled:
         return value
-    t = torch.tensor([value], dtype=torch.float64)
+    t = torch.tensor([value], dtype=torch.float64, device=info.device)  # NCCL reduces device tensors only
     dist.all_reduce(t)
     return float(t.item())
 
@@ -100,45 +100,43 @@ def cleanup(info: DistInfo) -> None:
         dist.destroy_process_group()
 
 
-def clip_gradients(parameters: list[torch.nn.Parameter], max_norm: float, scope: str,
-                   info: DistInfo) -> float | None:
+def clip_gradients(model: torch.nn.Module, max_norm: float, scope: str, info: DistInfo) -> float | None:
     """Clip (max_norm > 0) and, where the gradients are still per process, average them; returns the gradient
     norm before clipping (with 'process': the mean over the processes of each one's own norm).
 
     'global': the gradients are already averaged (DDP's all-reduce in the backward pass): clip their norm.
     'process': the backward ran without DDP's all-reduce (no_sync); each process clips its own gradient, then the
-    gradients are averaged in flattened buckets, as the official trainer clips per device before `pmean`.
+    gradients are averaged, as the official trainer clips per device before `pmean`.
     """
-    parameters = [p for p in parameters if p.requires_grad]
     if scope not in ("global", "process"):
         raise ValueError(f"train.grad_clip_scope must be 'global' or 'process', got {scope!r}")
+    parameters = [p for p in model.parameters() if p.requires_grad]
     norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm) if max_norm > 0 else None
     if scope == "process" and info.enabled:
-        average_gradients(parameters, info)
+        average_gradients(model, info)
         if norm is not None:
             return all_reduce_sum(float(norm), info) / info.world_size
     return None if norm is None else float(norm)
 
 
-def average_gradients(parameters: list[torch.nn.Parameter], info: DistInfo, bucket_bytes: int = 25 * 2**20) -> None:
-    """Mean of every parameter's gradient over the processes, in flattened buckets of about `bucket_bytes` (DDP's
-    default bucket size): a few large all-reduces instead of one per tensor. A missing gradient counts as zeros, so
-    that every process reduces the same buckets."""
+def average_gradients(model: torch.nn.Module, info: DistInfo, bucket_bytes: int = 25 * 2**20) -> None:
+    """All-reduce (mean) the gradients DDP did not: those accumulated under `no_sync` (grad_clip_scope 'process',
+    or a window whose synchronising micro-batch every process skipped). In flattened buckets of about
+    `bucket_bytes` (DDP's default bucket size): a few large all-reduces, no copy of the whole gradient at once."""
+    if not info.enabled:
+        return
     from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
-    for p in parameters:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
     buckets: list[list[torch.Tensor]] = [[]]
     size = 0
-    for p in parameters:
-        if buckets[-1] and (size >= bucket_bytes or p.grad.dtype != buckets[-1][0].dtype
-                            or p.grad.device != buckets[-1][0].device):
+    for grad in (p.grad for p in model.parameters() if p.grad is not None):
+        if buckets[-1] and (size >= bucket_bytes or grad.dtype != buckets[-1][0].dtype
+                            or grad.device != buckets[-1][0].device):
             buckets.append([])
             size = 0
-        buckets[-1].append(p.grad)
-        size += p.grad.numel() * p.grad.element_size()
-    for bucket in buckets:
+        buckets[-1].append(grad)
+        size += grad.numel() * grad.element_size()
+    for bucket in (b for b in buckets if b):
         flat = _flatten_dense_tensors(bucket)
         dist.all_reduce(flat)
         flat.div_(info.world_size)

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
+from mbt.bars import bar
 from mbt.data.datasets import ClipDataset, collate
 from mbt.data.manifest import read_manifest
 from mbt.engine import distributed as D
@@ -54,15 +54,20 @@ def evaluate_dataset(model: MBT, dataset: ClipDataset, *, batch_size: int = 8, n
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=collate)
     device = next(model.parameters()).device
     local_rows, local_logits, local_skipped = [], [], []
-    for batch in tqdm(loader, desc="evaluating", disable=not (progress and info.is_main), leave=False,
-                      dynamic_ncols=True):
+    for batch in bar(loader, enabled=progress and info.is_main, desc="evaluating", leave=False):
         local_skipped += [(row, path, kind, reason) for row, path, kind, reason in batch["skipped"]]
         if batch["target"] is None:
             continue
         inputs = {m: batch["inputs"][m].to(device) for m in modalities}
         mask = {m: v.to(device) for m, v in batch.get("modality_mask", {}).items() if m in modalities} or None
-        local_rows.append(batch["row"].numpy())
-        local_logits.append(model(**inputs, modality_mask=mask, fuse=fuse).logits.float().cpu().numpy())
+        logits = model(**inputs, modality_mask=mask, fuse=fuse).logits.float().cpu()
+        finite = torch.isfinite(logits).all(dim=1)
+        for i in (~finite).nonzero()[:, 0].tolist():  # a clip that drives the model to NaN is named and left out
+            row = int(batch["row"][i])
+            local_skipped.append((row, str(dataset.rows[row].path), "non_finite_output",
+                                  "the model's logits for this clip are not finite"))
+        local_rows.append(batch["row"][finite].numpy())
+        local_logits.append(logits[finite].numpy())
     if was_training:
         model.train()
 
@@ -92,7 +97,8 @@ def evaluate_dataset(model: MBT, dataset: ClipDataset, *, batch_size: int = 8, n
     if len(evaluated):
         metrics = classification_metrics(logits, targets, multi_label=model.config.multi_label,
                                          class_splits=model.config.class_splits, class_names=dataset.class_names)
-    metrics["num_clips"] = int(len(evaluated))
+    metrics["num_clips"] = int(views.sum())  # clips (views) evaluated: num_videos x clips x crops, less skips
+    metrics["num_videos"] = int(len(evaluated))
     metrics["num_skipped"] = len(skipped)
     return EvalResult(metrics, logits, targets, evaluated, skipped)
 

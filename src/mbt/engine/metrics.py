@@ -183,10 +183,12 @@ def classification_metrics(logits: ArrayLike, targets: ArrayLike, *, multi_label
                            class_splits: Sequence[int] | None = None,
                            class_names: Sequence[str] | None = None,
                            split_names: Sequence[str] | None = None) -> dict[str, Any]:
-    """The metrics of the evaluation JSON, as plain floats, plus `num_clips`.
+    """The metrics of the evaluation JSON, as plain floats, plus `num_videos` (the rows of `logits`: one per video,
+    its views' logits averaged).
 
     - multi-label: `mAP`, `AUC` (mean over classes), `dprime` (of the mean AUC); targets (N, C) multi-hot.
-    - single-label: `top1`, `top5`; targets (N,) class indices.
+    - single-label: `top1`, and `top5` when there are at least 5 classes (with fewer it would always be 1);
+      targets (N,) class indices. The same rule holds for each head's and the action's top 5 below.
     - `class_splits` (head sizes, e.g. (97, 300)): targets (N, heads) with each head's own class index;
       `<head>_top1` / `<head>_top5` per head, named by `split_names` (default verb/noun for two heads, else
       split0, split1, ...); `top1` = every head right at once, and for two heads `action_top1` / `action_top5`
@@ -198,7 +200,7 @@ def classification_metrics(logits: ArrayLike, targets: ArrayLike, *, multi_label
         raise ValueError(f"logits must be (clips, classes), got shape {scores.shape}")
     if class_names is not None and len(class_names) != scores.shape[1]:
         raise ValueError(f"{len(class_names)} class names for {scores.shape[1]} logit columns")
-    metrics: dict[str, Any] = {"num_clips": int(len(scores))}
+    metrics: dict[str, Any] = {"num_videos": int(len(scores))}
     if multi_label:
         if class_splits is not None:
             raise ValueError("class_splits are softmax heads; they cannot be multi-label")
@@ -207,9 +209,14 @@ def classification_metrics(logits: ArrayLike, targets: ArrayLike, *, multi_label
                     "dprime": d_prime(auc)}
         return metrics
     if class_splits is None:
-        accuracy = topk_accuracy(scores, targets, ks=(1, 5))
-        return metrics | {"top1": accuracy[1], "top5": accuracy[5]}
+        accuracy = topk_accuracy(scores, targets, ks=_ks(scores.shape[1]))
+        return metrics | {f"top{k}": value for k, value in accuracy.items()}
     return metrics | _split_metrics(scores, _numpy(targets, "targets"), tuple(class_splits), split_names)
+
+
+def _ks(num_classes: int) -> tuple[int, ...]:
+    """The top-k accuracies worth reporting: top-5 needs at least 5 classes, or every clip would count as right."""
+    return (1, 5) if num_classes >= 5 else (1,)
 
 
 def _split_metrics(scores: np.ndarray, targets: np.ndarray, class_splits: tuple[int, ...],
@@ -228,13 +235,16 @@ def _split_metrics(scores: np.ndarray, targets: np.ndarray, class_splits: tuple[
     metrics: dict[str, float] = {}
     all_right = np.ones(len(scores), dtype=bool)
     for j, (name, head) in enumerate(zip(split_names, heads)):
-        accuracy = topk_accuracy(head, targets[:, j], ks=(1, 5))
-        metrics[f"{name}_top1"], metrics[f"{name}_top5"] = accuracy[1], accuracy[5]
+        accuracy = topk_accuracy(head, targets[:, j], ks=_ks(head.shape[1]))
+        metrics |= {f"{name}_top{k}": value for k, value in accuracy.items()}
         all_right &= head.argmax(axis=1) == targets[:, j]
     metrics["top1"] = float(all_right.mean())
     if len(heads) == 2:
-        joint = joint_topk_accuracy(heads[0], heads[1], targets[:, 0], targets[:, 1], ks=(1, 5))
-        metrics |= {"action_top1": joint[1], "action_top5": joint[5], "top5": joint[5]}
+        pairs = heads[0].shape[1] * heads[1].shape[1]
+        joint = joint_topk_accuracy(heads[0], heads[1], targets[:, 0], targets[:, 1], ks=_ks(pairs))
+        metrics["action_top1"] = joint[1]
+        if 5 in joint:
+            metrics |= {"action_top5": joint[5], "top5": joint[5]}
     return metrics
 
 

@@ -10,8 +10,8 @@ Exact resume: the data order and every clip's augmentation are functions of (see
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
+from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,23 +22,34 @@ from torch.utils.data import DataLoader
 
 from mbt.config import Config
 from mbt.data.cache import InMemoryClips
-from mbt.data.datasets import ClipDataset, collate
+from mbt.data.datasets import ClipDataset, ClipLog, collate
 from mbt.data.manifest import read_classes, read_manifest
 from mbt.engine import distributed as D
-from mbt.engine.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from mbt.engine.checkpoint import (
+    Resumable,
+    list_checkpoints,
+    newest_verified,
+    save_checkpoint,
+    verify_checkpoint,
+)
 from mbt.engine.evaluate import evaluate_dataset
 from mbt.engine.losses import dense_targets, mbt_loss
+from mbt.engine.memory import TRAINING_BYTES_PER_PARAMETER, check_model_fits
 from mbt.engine.mixup import mixup
 from mbt.engine.modality_dropout import drop_modalities
+from mbt.engine.resume import check_resume_config, prepare_new_run
 from mbt.engine.schedule import warmup_cosine
-from mbt.errors import ConfigError
+from mbt.errors import ConfigError, DataError, OutputError
+from mbt.fileio import check_writable_dir, describe_os_error, dumps, write_text
 from mbt.media.preprocess import Preprocessor
 from mbt.model import MBT
+from mbt.model.fusion import describe_fusion
 
 log = logging.getLogger("mbt.train")
 
 RUN_CONFIG = "train_config.yaml"
 METRICS_LOG = "metrics.jsonl"
+RUN_LOG = "train.log"
 
 
 def resolve_classes(cfg: Config) -> list[str]:
@@ -123,16 +134,53 @@ class MetricsLog:
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        try:
+            with self.path.open("a") as handle:
+                handle.write(dumps(record) + "\n")  # strict JSON: a missing value is null, never NaN
+        except OSError as e:
+            raise OutputError(f"{self.path}: cannot append metrics: {describe_os_error(e, self.path)}") from None
         if self.writer is not None:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self.writer.add_scalar(key, value, record["step"])
+                    self.writer.add_scalar(tensorboard_tag(key), value, record["step"])
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def tensorboard_tag(key: str) -> str:
+    """Grouped TensorBoard tags: val_top1 -> val/top1, test_mAP -> test/mAP, loss -> train/loss."""
+    for split in ("val", "test"):
+        if key.startswith(f"{split}_"):
+            return f"{split}/{key[len(split) + 1:]}"
+    return f"train/{key}"
+
+
+class RunLogFile:
+    """The run's own `train.log` (rank 0): every log line of the package from the start of the run, appended
+    across resumes, so a run folder tells its own story without a terminal's scroll-back."""
+
+    def __init__(self, out_dir: Path, enabled: bool):
+        self.handler: logging.Handler | None = None
+        if enabled:
+            try:
+                self.handler = logging.FileHandler(out_dir / RUN_LOG, encoding="utf-8")
+            except OSError as e:
+                raise OutputError(f"{out_dir / RUN_LOG}: cannot write the run log: "
+                                  f"{describe_os_error(e, out_dir)}") from None
+            self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            self.handler.setLevel(logging.INFO)
+            package = logging.getLogger("mbt")
+            package.addHandler(self.handler)
+            if package.getEffectiveLevel() > logging.INFO:
+                package.setLevel(logging.INFO)
+
+    def close(self) -> None:
+        if self.handler is not None:
+            logging.getLogger("mbt").removeHandler(self.handler)
+            self.handler.close()
+            self.handler = None
 
 
 def parameter_digest(model: torch.nn.Module) -> str:
@@ -151,14 +199,22 @@ def epoch_batches(indices: list[int], batch_size: int, drop_last: bool) -> list[
 
 @dataclass
 class TrainState:
-    """Where a run stands; everything in it is checkpointed (with the model, optimiser and RNG states)."""
+    """Where a run stands. The first five fields are checkpointed (with the model, optimiser and RNG states); the
+    rest describe the accumulation window and the epoch in progress."""
 
-    step: int = 0  # optimiser steps taken
+    step: int = 0  # optimiser steps taken (real updates only)
     epoch: int = 0  # the epoch being trained
     batch_in_epoch: int = 0  # the next batch of that epoch
     history: list[dict[str, Any]] = field(default_factory=list)  # one entry per evaluation
     skipped: int = 0  # unusable training clips so far
     last_loss: float | None = None
+    bad_steps: int = 0  # consecutive accumulation windows with a non-finite loss
+    window_clips: int = 0  # clips whose gradients the current window holds
+    window_bad: bool = False  # a micro-batch of the current window had a non-finite loss
+    window_synced: bool = False  # DDP has all-reduced the window's gradients
+    epoch_clips: int = 0  # clips trained on in this epoch (this process)
+    epoch_skips: Counter = field(default_factory=Counter)  # unusable clips of this epoch by kind (this process)
+    epoch_bad_losses: int = 0
 
 
 @dataclass
@@ -181,6 +237,10 @@ class Run:
     mix_generator: torch.Generator
     metrics_log: MetricsLog
     progress: bool
+    resume_from: Resumable | None = None  # the verified checkpoint `restore` continues from
+    log_file: RunLogFile | None = None
+    # each skipped / padded training clip logged once per run (padded ones counted: take_counts())
+    clip_log: ClipLog = field(default_factory=lambda: ClipLog(log, "training clip"))
     test_dataset: Any = None  # data.test with data.eval_clips x eval_crops views (see `scheduled_test`)
 
     @property
@@ -201,7 +261,7 @@ def _datasets(cfg: Config, class_names: list[str], preprocessor: Preprocessor, p
     dataset = ClipDataset(rows, class_names, preprocessor, train=not cfg.data.cache,
                           modalities=model_cfg.modalities, multi_label=model_cfg.multi_label,
                           class_splits=model_cfg.class_splits, on_missing_modality=cfg.data.on_missing_modality,
-                          seed=tc.seed)
+                          seed=tc.seed, max_pad_fraction=cfg.data.max_pad_fraction)
     # evaluation skips a clip it cannot use, unless its missing streams are to be masked
     eval_missing = "mask" if cfg.data.on_missing_modality == "mask" else "skip"
     val_dataset = test_dataset = None
@@ -225,21 +285,60 @@ def _datasets(cfg: Config, class_names: list[str], preprocessor: Preprocessor, p
     return dataset, val_dataset, test_dataset, weights
 
 
-def setup_run(cfg: Config, out_dir: str | Path, *, progress: bool = True) -> Run:
-    """Data, model (initialised, on its device, DDP-wrapped under torchrun), optimiser and schedule of a run."""
+def _resumable(cfg: Config, out_dir: Path) -> Resumable | None:
+    """The newest checkpoint that verifies, its config compared with `cfg`; None for a run with no checkpoint."""
+    found = list_checkpoints(out_dir)
+    resumable = newest_verified(out_dir)
+    if resumable is None:
+        if found:
+            raise DataError(f"--resume: none of the {len(found)} checkpoints in {out_dir / 'checkpoints'} verifies "
+                            f"(the newest, {found[-1].name}: {verify_checkpoint(found[-1])[1]})")
+        log.warning("--resume: no checkpoint in %s; starting from scratch", out_dir / "checkpoints")
+        return None
+    for path, why in resumable.skipped:
+        log.warning("--resume: skipped checkpoint %s: %s", path, why)
+    check_resume_config(resumable.state.get("config"), cfg.to_dict(), resumable.path)
+    return resumable
+
+
+def setup_run(cfg: Config, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
+              progress: bool = True) -> Run:
+    """Data, model (initialised, on its device, DDP-wrapped under torchrun), optimiser and schedule of a run.
+
+    A folder holding a run is refused unless `resume` (continue it: the newest checkpoint that verifies, whose
+    config must agree with `cfg`) or `overwrite` (the old run is moved aside)."""
     check_init_from(cfg)
     info = D.setup_distributed()
     out_dir = Path(out_dir)
     class_names = resolve_classes(cfg)
     tc = cfg.train
     if tc.batch_size % info.world_size:
-        raise ValueError(f"train.batch_size {tc.batch_size} (the global batch) must be a multiple of the "
-                         f"{info.world_size} processes")
+        raise ConfigError(f"train.batch_size: {tc.batch_size} (the global batch) must be a multiple of the "
+                          f"{info.world_size} processes")
     local_batch = tc.batch_size // info.world_size
+    check_model_fits(cfg.model, info.device, TRAINING_BYTES_PER_PARAMETER[tc.optimizer])
+    resumable = _resumable(cfg, out_dir) if resume else None
+    if not resume:
+        prepare_new_run(out_dir, overwrite=overwrite, is_main=info.is_main)
+    D.barrier(info)  # the old run is out of the way before anyone writes
+    log_file = None
     if info.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(out_dir / RUN_CONFIG)
+        check_writable_dir(out_dir, what="run folder")
+        write_text(out_dir / RUN_CONFIG, cfg.to_yaml(), what="run config")
+        log_file = RunLogFile(out_dir, enabled=True)
+        log.info("%s run in %s: %s", "resuming a" if resume else "a new", out_dir,
+                 describe_fusion(cfg.model))
+    try:
+        return _build_run(cfg, out_dir, info, class_names, local_batch, resumable, log_file, progress)
+    except BaseException:
+        if log_file is not None:
+            log_file.close()
+        raise
 
+
+def _build_run(cfg: Config, out_dir: Path, info: D.DistInfo, class_names: list[str], local_batch: int,
+               resumable: Resumable | None, log_file: RunLogFile | None, progress: bool) -> Run:
+    tc = cfg.train
     prep_cfg = cfg.preprocessor(class_names)
     dataset, val_dataset, test_dataset, sample_weights = _datasets(cfg, class_names, Preprocessor(prep_cfg),
                                                                    progress and info.is_main)
@@ -265,24 +364,24 @@ def setup_run(cfg: Config, out_dir: str | Path, *, progress: bool = True) -> Run
                dataset=dataset, val_dataset=val_dataset, sample_weights=sample_weights, local_batch=local_batch,
                steps_per_epoch=steps_per_epoch, total_steps=steps_per_epoch * tc.epochs,
                warmup_steps=round(tc.warmup_epochs * steps_per_epoch), mix_generator=mix_generator,
-               metrics_log=MetricsLog(out_dir, info.is_main), progress=progress, test_dataset=test_dataset)
+               metrics_log=MetricsLog(out_dir, info.is_main), progress=progress, resume_from=resumable,
+               log_file=log_file, test_dataset=test_dataset)
 
 
 def restore(run: Run) -> TrainState:
-    """The state of the newest checkpoint in the run's folder, loaded into the run (a fresh state if none)."""
-    found = list_checkpoints(run.out_dir)
-    if not found:
-        log.warning("--resume: no checkpoint in %s; starting from scratch", run.out_dir / "checkpoints")
+    """The state of the checkpoint `setup_run` verified, loaded into the run (a fresh state when there is none)."""
+    if run.resume_from is None:
         return TrainState()
-    saved = load_checkpoint(found[-1])
+    saved = run.resume_from.state
     run.model.load_state_dict(saved["model"])
     run.optimizer.load_state_dict(saved["optimizer"])
     torch.set_rng_state(saved["rng"][run.info.rank])
     run.mix_generator.set_state(saved["mix_rng"][run.info.rank])
     state = TrainState(step=saved["step"], epoch=saved["epoch"], batch_in_epoch=saved["batch_in_epoch"],
                        history=saved["history"], skipped=saved["skipped"])
-    log.info("resumed from %s (step %d, epoch %d, batch %d)", found[-1], state.step, state.epoch,
+    log.info("resumed from %s (step %d, epoch %d, batch %d)", run.resume_from.path, state.step, state.epoch,
              state.batch_in_epoch)
+    run.resume_from = None  # its tensors are in the model now
     return state
 
 
@@ -319,8 +418,9 @@ def micro_step(run: Run, batch: dict[str, Any], state: TrainState, *, sync: bool
     that some process cannot use is skipped by all. `sync=False` accumulates without the all-reduce.
     """
     tc, info = run.cfg.train, run.info
-    for _row, path, kind, reason in batch["skipped"]:
-        log.warning("skipped training clip %s (%s): %s", path, kind, reason)
+    run.clip_log.record(batch)  # logs each skipped / padded clip once per run, not once per epoch
+    for _row, _path, kind, _reason in batch["skipped"]:
+        state.epoch_skips[kind] += 1
     state.skipped += len(batch["skipped"])
     usable = batch["target"] is not None
     if info.enabled:
@@ -341,28 +441,77 @@ def micro_step(run: Run, batch: dict[str, Any], state: TrainState, *, sync: bool
     with run.ddp_model.no_sync() if local else nullcontext():
         with run.autocast():
             loss = mbt_loss(run.ddp_model(**inputs, modality_mask=mask), targets, run.cfg.model, tc.label_smoothing)
-        if not torch.isfinite(loss):
+        finite = bool(torch.isfinite(loss))
+        if info.enabled:  # every process skips the backward, or none does (DDP all-reduces inside it)
+            finite = D.all_reduce_sum(0.0 if finite else 1.0, info) == 0
+        if not finite:
             names = [str(run.dataset.rows[r].path) for r in batch["row"].tolist()]
-            raise FloatingPointError(f"non-finite loss {loss.item()} at step {state.step} (epoch {state.epoch + 1}); "
-                                     f"clips: {names[:8]}")
+            log.warning("non-finite loss at step %d (epoch %d): this update is skipped; clips: %s%s", state.step,
+                        state.epoch + 1, ", ".join(names[:8]), " ..." if len(names) > 8 else "")
+            state.window_bad = True
+            state.epoch_bad_losses += 1
+            return 0
         (loss / tc.grad_accum).backward()
+    state.window_synced = (sync and not local) or not info.enabled
     state.last_loss = loss.item()
-    return len(batch["row"]) * info.world_size
+    used = len(batch["row"])
+    state.window_clips += used
+    state.epoch_clips += used
+    return used * info.world_size
 
 
-def optimizer_step(run: Run, state: TrainState) -> dict[str, Any]:
-    """Schedule, clip, step; returns the step's metrics record."""
+def optimizer_step(run: Run, state: TrainState) -> dict[str, Any] | None:
+    """Schedule, clip, step; returns the step's metrics record. A window with no usable clip, or with a non-finite
+    loss, makes no update (None); `train.max_bad_steps` such windows in a row end the run with a DataError."""
     tc = run.cfg.train
+    bad, empty = state.window_bad, state.window_clips == 0
+    if run.info.enabled:  # every process must agree on whether to step
+        empty = D.all_reduce_sum(float(state.window_clips), run.info) == 0
+    synced = state.window_synced
+    state.window_clips, state.window_bad, state.window_synced = 0, False, False
+    if bad or empty:
+        run.optimizer.zero_grad(set_to_none=True)
+        if bad:
+            state.bad_steps += 1
+            if state.bad_steps >= tc.max_bad_steps:
+                raise DataError(f"training stopped: {state.bad_steps} updates in a row had a non-finite loss "
+                                f"(train.max_bad_steps = {tc.max_bad_steps}); the clips are named in the log above")
+        return None
+    state.bad_steps = 0
+    if not synced and tc.grad_clip_scope == "global":
+        # the window's last micro-batch was skipped, so DDP never all-reduced its gradients ('process' scope:
+        # clip_gradients averages them, after each process clipped its own)
+        D.average_gradients(run.model, run.info)
     lr = tc.lr * warmup_cosine(state.step, run.total_steps, run.warmup_steps)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
-    grad_norm = D.clip_gradients(list(run.model.parameters()), tc.grad_clip, tc.grad_clip_scope, run.info)
+    grad_norm = D.clip_gradients(run.model, tc.grad_clip, tc.grad_clip_scope, run.info)
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     state.step += 1
     record: dict[str, Any] = {"step": state.step, "epoch": state.epoch + 1, "loss": state.last_loss, "lr": lr}
     if grad_norm is not None:
         record["grad_norm"] = float(grad_norm)
+    return record
+
+
+def close_epoch(run: Run, state: TrainState) -> dict[str, Any]:
+    """The epoch's skips by kind (all processes) into the metrics log; an epoch with no usable clip is an error."""
+    gathered = D.gather_objects((state.epoch_clips, dict(state.epoch_skips), state.epoch_bad_losses), run.info)
+    clips = sum(c for c, _, _ in gathered)
+    skips: Counter = Counter()
+    for _, kinds, _ in gathered:
+        skips.update(kinds)
+    bad_losses = sum(b for _, _, b in gathered)
+    record = {"step": state.step, "epoch": state.epoch + 1, "clips_trained": clips,
+              "skipped": sum(skips.values()), "skipped_by_kind": dict(sorted(skips.items())),
+              "non_finite_losses": bad_losses}
+    run.metrics_log.write(record)
+    state.epoch_clips, state.epoch_skips, state.epoch_bad_losses = 0, Counter(), 0
+    if clips == 0:
+        kinds = ", ".join(f"{n} {k}" for k, n in skips.most_common()) or "no clip at all"
+        raise DataError(f"epoch {state.epoch + 1}: no usable training clip (skipped: {kinds}); "
+                        "`mbt data check` lists each file's problem")
     return record
 
 
@@ -414,3 +563,5 @@ def finish(run: Run, state: TrainState, *, save_model: bool) -> None:
     D.barrier(info)
     D.cleanup(info)
     run.metrics_log.close()
+    if run.log_file is not None:
+        run.log_file.close()

@@ -85,6 +85,9 @@ def load_into(model: MBT, state: dict[str, np.ndarray | torch.Tensor], source: s
                                       f"{tuple(own[key].shape)}")
             if tensor.dtype != torch.float32:
                 raise CheckpointError(f"{where}: dtype {tensor.dtype}, expected float32")
+            if not bool(torch.isfinite(tensor).all()):
+                raise CheckpointError(f"{where}: {int((~torch.isfinite(tensor)).sum())} non-finite value(s): "
+                                      "the weight file is damaged")
             own[key].copy_(tensor)
 
 

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from mbt.errors import ConfigError
+from mbt.fileio import write_json
 from mbt.interop.flax import LeafPool, dense_weight, flax_block, load_into, squarest_split
 from mbt.interop.msgpack_tree import CheckpointError, checkpoint_bytes, flatten, params_subtree, unpack_state
 from mbt.media.settings import PreprocessorConfig
@@ -337,7 +338,7 @@ def convert_scenic(path: str | Path, out_dir: str | Path, **overrides: Any) -> P
             "official normalisation (1.102, 2.762): expect a small distribution shift",
         ],
     }
-    (out / CONVERSION_NAME).write_text(json.dumps(record, indent=1) + "\n")
+    write_json(out / CONVERSION_NAME, record, what="conversion record")
     return out
 
 

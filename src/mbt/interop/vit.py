@@ -89,11 +89,14 @@ class VitWeights:
 
 # ==================================================================== reading
 def _float32(name: str, value: torch.Tensor, source: str) -> torch.Tensor:
-    if value.dtype == torch.float32:
-        return value
     if value.dtype in (torch.float16, torch.bfloat16):
-        return value.float()  # exact: every half value is a float32 value
-    raise CheckpointError(f"{source}: {name} has dtype {value.dtype}; expected float32 (or float16 / bfloat16)")
+        value = value.float()  # exact: every half value is a float32 value
+    if value.dtype != torch.float32:
+        raise CheckpointError(f"{source}: {name} has dtype {value.dtype}; expected float32 (or float16 / bfloat16)")
+    if not bool(torch.isfinite(value).all()):
+        raise CheckpointError(f"{source}: {name} holds {int((~torch.isfinite(value)).sum())} non-finite value(s): "
+                              "the weight file is damaged")
+    return value
 
 
 def _npz_state(path: Path) -> VitWeights:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from mbt.media import transforms
-from mbt.media.decode import decode_clip
+from mbt.media.decode import MediaError, decode_clip
 from mbt.media.fbank import kaldi_fbank, log_mel
 from mbt.media.settings import FRAME_LENGTH_MS, FRAME_SHIFT_MS, MEDIA_MODALITIES, PreprocessorConfig
 
@@ -22,12 +22,17 @@ MODALITIES = MEDIA_MODALITIES
 
 @dataclass
 class Sample:
-    """Model inputs of one clip: "video" (3, T, H, W) float32, "audio" (spec_frames, n_mels) float32."""
+    """Model inputs of one clip: "video" (3, T, H, W) float32, "audio" (spec_frames, n_mels) float32.
+
+    `*_pad_fraction`: the share of each window the file did not cover (repeated frames, silence), see `Clip`.
+    """
 
     inputs: dict[str, torch.Tensor]
     video_padded: bool
     audio_padded: bool
     warnings: list[str]
+    video_pad_fraction: float = 0.0
+    audio_pad_fraction: float = 0.0
 
 
 # An audio window whose peak stays below this (-80 dBFS) is reported as silent.
@@ -48,7 +53,12 @@ class Preprocessor:
     def __init__(self, cfg: PreprocessorConfig):
         self.cfg = cfg
 
-    def __call__(self, path: str | Path, *, train: bool, generator: torch.Generator | None = None,
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> Preprocessor:
+        """The preprocessing a model was trained with, from the `preprocessor.json` beside its weights."""
+        return cls(PreprocessorConfig.load(directory))
+
+    def __call__(self, path: str | Path, *, train: bool = False, generator: torch.Generator | None = None,
                  position: float | None = None, crop: int = 1, start: float | None = None,
                  end: float | None = None, modalities: tuple[str, ...] | None = None) -> Sample:
         """Decode and transform one clip of `path`.
@@ -56,7 +66,8 @@ class Preprocessor:
         train=True: random window position (from `generator`) unless given, scale-jittered random crop, flip,
         colour augmentation / drop, SpecAugment. train=False: position 0.5 unless given, short-side resize and
         crop `crop` (0 / 1 / 2 = left / centre / right), no augmentation. A requested modality the file lacks
-        raises MediaError (no_video / no_audio): the dataset decides whether that is a skip or an error.
+        raises MediaError (no_video / no_audio): the dataset decides whether that is a skip or an error. So does
+        a clip whose inputs would not be finite (`non_finite`): a NaN must never reach a model.
         """
         cfg = self.cfg
         modalities = tuple(modalities) if modalities is not None else cfg.modalities
@@ -78,13 +89,13 @@ class Preprocessor:
         if clip.video is not None:
             seconds = cfg.num_frames * cfg.frame_stride / cfg.fps
             if clip.video_padded:
-                warnings.append(f"video shorter than the {seconds:.2f} s window at {clip.video_start:.2f} s: "
-                                "last frame repeated")
+                warnings.append(f"{clip.video_pad_fraction:.0%} of the {seconds:.2f} s video window at "
+                                f"{clip.video_start:.2f} s has no frame of its own: the nearest frame is repeated")
             inputs["video"] = self.video_tensor(clip.video, train=train, generator=generator, crop=crop)
         if clip.audio is not None:
             if clip.audio_padded:
-                warnings.append(f"audio shorter than the {cfg.audio_seconds:.2f} s window at "
-                                f"{clip.audio_start:.2f} s: padded with silence")
+                warnings.append(f"{clip.audio_pad_fraction:.0%} of the {cfg.audio_seconds:.2f} s audio window at "
+                                f"{clip.audio_start:.2f} s is not in the file: padded with silence")
             if clip.audio.abs().max().item() < SILENCE_PEAK:
                 warnings.append("silent audio: the window's peak is below -80 dBFS")
             spec = self.spectrogram(clip.audio)
@@ -92,8 +103,12 @@ class Preprocessor:
                 spec = transforms.spec_augment(spec, generator, cfg.freq_mask_count, cfg.freq_mask_width,
                                                cfg.time_mask_count, cfg.time_mask_width)
             inputs["audio"] = spec
+        # The decoder already refuses non-finite samples; this guards the front end too (video comes from uint8).
+        if "audio" in inputs and not torch.isfinite(inputs["audio"]).all():
+            raise MediaError("non_finite", path, "the audio spectrogram holds NaN or infinite values")
         return Sample(inputs=inputs, video_padded=clip.video_padded, audio_padded=clip.audio_padded,
-                      warnings=warnings)
+                      warnings=warnings, video_pad_fraction=clip.video_pad_fraction,
+                      audio_pad_fraction=clip.audio_pad_fraction)
 
     def spectrogram(self, wave: torch.Tensor) -> torch.Tensor:
         """Front end + pad/crop to spec_frames + normalisation: (spec_frames, num_mel_bins) float32.
@@ -102,16 +117,19 @@ class Preprocessor:
         spec_frames is padded with 0 before normalisation (AST / CAV-MAE's fbank padding), i.e. -mean/std after.
         """
         cfg = self.cfg
-        if cfg.audio_frontend == "kaldi":
-            spec = kaldi_fbank(wave - wave.mean(), sample_rate=cfg.sample_rate, num_mel_bins=cfg.num_mel_bins,
-                               frame_length_ms=FRAME_LENGTH_MS, frame_shift_ms=FRAME_SHIFT_MS)
-        else:
-            spec = log_mel(wave, sample_rate=cfg.sample_rate, num_mel_bins=cfg.num_mel_bins,
-                           frame_length_ms=FRAME_LENGTH_MS, frame_shift_ms=FRAME_SHIFT_MS)
-        spec = spec[:cfg.spec_frames]
+        spec = self.front_end(wave)[:cfg.spec_frames]
         if spec.shape[0] < cfg.spec_frames:
             spec = torch.nn.functional.pad(spec, (0, 0, 0, cfg.spec_frames - spec.shape[0]))
         return ((spec - cfg.spec_mean) / cfg.spec_std).float()
+
+    def front_end(self, wave: torch.Tensor) -> torch.Tensor:
+        """The audio front end alone, un-normalised and of any length: (frames, num_mel_bins), 100 frames/s."""
+        cfg = self.cfg
+        if cfg.audio_frontend == "kaldi":
+            return kaldi_fbank(wave - wave.mean(), sample_rate=cfg.sample_rate, num_mel_bins=cfg.num_mel_bins,
+                               frame_length_ms=FRAME_LENGTH_MS, frame_shift_ms=FRAME_SHIFT_MS)
+        return log_mel(wave, sample_rate=cfg.sample_rate, num_mel_bins=cfg.num_mel_bins,
+                       frame_length_ms=FRAME_LENGTH_MS, frame_shift_ms=FRAME_SHIFT_MS)
 
     def video_tensor(self, frames_uint8: torch.Tensor, *, train: bool, generator: torch.Generator | None = None,
                      crop: int = 1) -> torch.Tensor:

@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from mbt.errors import ConfigError
+from mbt.fileio import write_json
 from mbt.schema import Schema, invalid, validate
 
 PREPROCESSOR_FILE = "preprocessor.json"
@@ -117,10 +118,7 @@ class PreprocessorConfig(ClipSampling, Augmentation):
 
     def save(self, directory: str | Path) -> Path:
         """Write `preprocessor.json` into `directory` (created if needed); returns the file's path."""
-        path = Path(directory) / PREPROCESSOR_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n")
-        return path
+        return write_json(Path(directory) / PREPROCESSOR_FILE, self.to_dict(), what="preprocessor config")
 
     @classmethod
     def load(cls, directory: str | Path) -> PreprocessorConfig:

@@ -7,11 +7,13 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from mbt.errors import ConfigError
+from mbt.errors import ConfigError, DataError
+from mbt.fileio import atomic_write, write_json
 from mbt.media.settings import PREPROCESSOR_FILE, PreprocessorConfig
 from mbt.model.blocks import layer_norm
 from mbt.model.config import MODALITY_KINDS, MBTConfig
@@ -132,6 +134,25 @@ class MBT(nn.Module):
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
+    @staticmethod
+    def count_parameters(config: MBTConfig, *, buffers: bool = False) -> int:
+        """Parameters (with `buffers`: every state-dict tensor element) of the model `config` describes, counted
+        on the meta device: nothing is allocated.
+
+        The count is linear in depth (every layer adds the same blocks), so two shallow models give it exactly;
+        building the model itself, even on the meta device, would take minutes at a depth of 10,000."""
+        fused = config.fusion_layer < config.depth
+
+        def count(depth: int) -> int:
+            shallow = config.model_copy(update={"depth": depth, "fusion_layer": 0 if fused else depth})
+            with torch.device("meta"):
+                model = MBT(shallow)
+                tensors = model.state_dict().values() if buffers else model.parameters()
+                return sum(t.numel() for t in tensors)
+
+        per_layer = count(3) - count(2)
+        return count(2) + (config.depth - 2) * per_layer
+
     # ------------------------------------------------------------------ ownership (FLOP and parameter attribution)
     def module_owners(self) -> dict[str, str]:
         """Qualified name of each stream's tokenizer and blocks -> the stream (JOINT for shared blocks)."""
@@ -245,22 +266,29 @@ class MBT(nn.Module):
         return x if self.pre_logits is None else torch.tanh(self.pre_logits(x))
 
     # ------------------------------------------------------------------ persistence
-    def save_pretrained(self, directory: str | Path, preprocessing: PreprocessorConfig | None = None) -> Path:
+    def save_pretrained(self, directory: str | Path,
+                        preprocessing: PreprocessorConfig | dict[str, Any] | None = None) -> Path:
         """Weights (safetensors), config.json and, when known, preprocessor.json (written by its owner)."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
-        (directory / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=1, allow_nan=False))
+        data = save(state, metadata={"format": "pt"})
+        atomic_write(directory / WEIGHTS_NAME, lambda handle: handle.write(data), what="model weights")
+        write_json(directory / CONFIG_NAME, self.config.to_dict(), what="model config")
         preprocessing = preprocessing if preprocessing is not None else self.preprocessing
+        if isinstance(preprocessing, dict):  # the plain form of preprocessor.json, validated
+            preprocessing = PreprocessorConfig.from_dict(preprocessing)
         if preprocessing is not None:
             preprocessing.save(directory)
         return directory
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> MBT:
+        """Loads a `save_pretrained` directory. The weight file's tensor names and shapes are checked against
+        config.json before the model is built (a config asking for a huge model fails at once), and every
+        loaded tensor must be finite."""
+        from safetensors import SafetensorError, safe_open
         from safetensors.torch import load_file
 
         directory = Path(directory)
@@ -276,12 +304,39 @@ class MBT(nn.Module):
             config = MBTConfig.from_dict(values)
         except ConfigError as e:
             raise ConfigError(f"{directory / CONFIG_NAME}: {e}") from None
+        weights = directory / WEIGHTS_NAME
+        try:
+            with safe_open(str(weights), framework="pt") as handle:
+                stored = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+        except (SafetensorError, OSError, ValueError) as e:
+            raise DataError(f"{weights}: not a readable safetensors file ({' '.join(str(e).split())[:160]})") from None
+        for m in config.modalities:  # earlier versions stored the spectrogram kernel with 1 channel, their sum
+            key = f"tokenizers.{m}.proj.weight"
+            if MODALITY_KINDS[m][0] == "audio" and key in stored and len(stored[key]) == 4 and stored[key][1] == 1:
+                stored[key] = (stored[key][0], SpectrogramEmbed.CHANNELS, *stored[key][2:])  # split when loaded
+        stored_count, expected_count = sum(math.prod(s) for s in stored.values()), cls.count_parameters(config, buffers=True)
+        if stored_count != expected_count:  # found before anything of config.json's size is built
+            raise ValueError(f"{weights}: holds {stored_count:,} parameters, config.json describes a model of "
+                             f"{expected_count:,} (depth {config.depth}, width {config.width}); they do not match")
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in cls(config).state_dict().items()}
+        missing = sorted(set(expected) - set(stored))
+        unexpected = sorted(set(stored) - set(expected))
+        wrong = sorted(k for k in set(expected) & set(stored) if expected[k] != stored[k])
+        if missing or unexpected or wrong:
+            detail = (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected else
+                      f"{wrong[0]} is {stored[wrong[0]]} in the file, {expected[wrong[0]]} by config.json")
+            raise ValueError(f"{weights}: weights do not match config.json ({detail})")
         model = cls(config)
-        state = load_file(str(directory / WEIGHTS_NAME), device=str(map_location))
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"{directory / WEIGHTS_NAME}: weights do not match config.json "
-                             f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        try:
+            state = load_file(str(weights), device=str(map_location))
+        except (SafetensorError, OSError) as e:
+            raise DataError(f"{weights}: cannot read the weights ({' '.join(str(e).split())[:160]})") from None
+        for key, tensor in state.items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                bad = int((~torch.isfinite(tensor)).sum())
+                raise DataError(f"{weights}: tensor {key} holds {bad} non-finite value(s): the file is damaged")
+        model.load_state_dict(state)
         if (directory / PREPROCESSOR_FILE).is_file():
             model.preprocessing = PreprocessorConfig.load(directory)
         return model.to(map_location)

@@ -7,8 +7,8 @@ accuracy, GFLOPs and training throughput; plots go to the output folder.
 
 from __future__ import annotations
 
-import json
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +21,7 @@ from mbt.data.datasets import ClipDataset
 from mbt.data.demo import build_demo_set
 from mbt.data.manifest import read_manifest
 from mbt.engine.evaluate import evaluate_dataset, load_for_inference
+from mbt.fileio import write_json
 from mbt.recipes.train import train
 
 log = logging.getLogger("mbt.demo")
@@ -73,6 +74,7 @@ def run_demo(out_dir: str | Path = "demo_out", *, quick: bool = False, progress:
             run_dir = out_dir / "runs" / variant / name
             print(f"[{variant}] training {name} fusion ({cfg.train.epochs} epochs)...", flush=True)
             started = time.time()
+            shutil.rmtree(run_dir, ignore_errors=True)  # the demo's runs are its own products: retrained each time
             result = train(cfg, run_dir, progress=progress)
             model, preprocessor = load_for_inference(run_dir)
             test = InMemoryClips(ClipDataset(test_rows, demo.class_names, preprocessor, train=False,
@@ -87,7 +89,7 @@ def run_demo(out_dir: str | Path = "demo_out", *, quick: bool = False, progress:
         points = [{"label": r.fusion, "gflops": r.gflops, "A+V": r.AV} for r in rows if r.variant == variant]
         plot_accuracy_vs_gflops(points, out_dir / f"accuracy_vs_gflops_{variant}.png",
                                 f"demo set '{variant}': A+V accuracy vs compute")
-    (out_dir / "results.json").write_text(json.dumps([asdict(r) for r in rows], indent=1))
+    write_json(out_dir / "results.json", [asdict(r) for r in rows], what="demo results")
     return rows
 
 

@@ -229,7 +229,7 @@ def plot_sweep_results(rows: list[dict[str, Any]], keys: list[str], out_dir: Pat
         title = f"{metric} and compute vs {short}"
         if short == "num_bottlenecks" and token_classifier:
             title += " (+1 CLS slot each, as the official code)"
-        counts = metric.replace("top1", "num_clips", 1) if metric.startswith("top1") else None
+        counts = metric.replace("top1", "num_videos", 1) if metric.startswith("top1") else None
         paths.append(plot_sweep(rows, key, [k for k in keys if k != key], metric,
                                 out_dir / f"{_slug(metric)}_vs_{short}.png", title, count_key=counts))
     return paths

@@ -23,6 +23,7 @@ from mbt.data.demo.tasks import (
 )
 from mbt.data.manifest import ManifestRow, write_classes, write_manifest
 from mbt.data.parallel import map_with_progress
+from mbt.fileio import write_json
 from mbt.media.encode import write_mp4
 
 GENERATOR_VERSION = 1
@@ -87,7 +88,7 @@ def build_demo_set(root: str | Path, *, variant: str = "fusion", num_train: int 
     for stale in (folder / "media").glob("*.mp4"):
         if stale not in wanted:
             stale.unlink()
-    (folder / MARKER).write_text(json.dumps({"hash": digest, "params": params}, indent=1), encoding="utf-8")
+    write_json(folder / MARKER, {"hash": digest, "params": params}, what="demo set marker")
     return demo
 
 
