@@ -191,6 +191,7 @@ def test_skip_counts_by_kind_reach_the_metrics_log(toy, tmp_path):
     assert main(["train", str(config), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
     epoch = [r for r in _metrics(tmp_path / "run") if "skipped_by_kind" in r]
     assert len(epoch) == 1 and epoch[0]["skipped"] == 2 and epoch[0]["clips_trained"] == 8
+    assert isinstance(epoch[0]["padded"], int)
 
 
 # ------------------------------------------------------------------------------------------------ sizes, weights

@@ -497,15 +497,16 @@ def optimizer_step(run: Run, state: TrainState) -> dict[str, Any] | None:
 
 def close_epoch(run: Run, state: TrainState) -> dict[str, Any]:
     """The epoch's skips by kind (all processes) into the metrics log; an epoch with no usable clip is an error."""
-    gathered = D.gather_objects((state.epoch_clips, dict(state.epoch_skips), state.epoch_bad_losses), run.info)
-    clips = sum(c for c, _, _ in gathered)
+    padded_here = run.clip_log.take_counts()["padded"]
+    gathered = D.gather_objects((state.epoch_clips, dict(state.epoch_skips), state.epoch_bad_losses, padded_here),
+                                run.info)
+    clips = sum(g[0] for g in gathered)
     skips: Counter = Counter()
-    for _, kinds, _ in gathered:
-        skips.update(kinds)
-    bad_losses = sum(b for _, _, b in gathered)
+    for g in gathered:
+        skips.update(g[1])
     record = {"step": state.step, "epoch": state.epoch + 1, "clips_trained": clips,
               "skipped": sum(skips.values()), "skipped_by_kind": dict(sorted(skips.items())),
-              "non_finite_losses": bad_losses}
+              "padded": sum(g[3] for g in gathered), "non_finite_losses": sum(g[2] for g in gathered)}
     run.metrics_log.write(record)
     state.epoch_clips, state.epoch_skips, state.epoch_bad_losses = 0, Counter(), 0
     if clips == 0:
