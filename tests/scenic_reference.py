@@ -71,12 +71,16 @@ def patch_conv(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarra
 # ==================================================================== model
 def mbt_forward(params: dict, inputs: dict[str, np.ndarray], *, fusion_layer: int,
                 modality_fusion: tuple[str, ...] = ("spectrogram", "rgb"), share_encoder: bool = False,
-                classifier: str = "token", n_sampled_frames: int | None = None) -> dict[str, Any]:
+                classifier: str = "token", n_sampled_frames: int | None = None,
+                test_with_bottlenecks: bool = True) -> dict[str, Any]:
     """Official MBT.apply(train=False) on {"rgb": (B,T,H,W,3), "spectrogram": (B,time,mel,C)}.
 
-    `use_bottleneck` follows from the tree (a `bottleneck` leaf). `n_sampled_frames` selects the official
-    'temporal_sampling' rgb encoding (2-D `embedding` kernel) instead of '3d_conv'. Returns the logits, the
-    per-modality logits and prelogits, `encoded`, and intermediates keyed as the fixture's intermediates.npz.
+    `use_bottleneck` follows from the tree (a `bottleneck` leaf), `representation_size` too (a `pre_logits` leaf:
+    Dense + tanh before the head). `classifier` is 'token', 'gap', 'gmp' or 'gsp'. `n_sampled_frames` selects the
+    official 'temporal_sampling' rgb encoding (2-D `embedding` kernel) instead of '3d_conv'.
+    `test_with_bottlenecks=False` runs every layer of a bottleneck model unimodal (official `use_bottlenecks`).
+    Returns the logits, the per-modality logits and prelogits, `encoded`, and intermediates keyed as the fixture's
+    intermediates.npz.
     """
     p = _float64(params)
     calls: dict[str, int] = defaultdict(int)
@@ -116,7 +120,9 @@ def mbt_forward(params: dict, inputs: dict[str, np.ndarray], *, fusion_layer: in
     joint = None
     depth = len({k.split("_")[1] for k in t if k.startswith("encoderblock_")})
     for layer in range(depth):
-        if layer < fusion_layer or len(modality_fusion) == 1:
+        # official Encoder: `lyr < fusion_layer or len(modality_fusion) == 1 or (use_bottleneck and not
+        # use_bottlenecks)` runs every modality alone
+        if layer < fusion_layer or len(modality_fusion) == 1 or (use_bottleneck and not test_with_bottlenecks):
             x = {m: block(layer, m, x[m]) for m in modality_fusion}
         elif use_bottleneck:
             updates = []
@@ -141,16 +147,22 @@ def mbt_forward(params: dict, inputs: dict[str, np.ndarray], *, fusion_layer: in
     encoded = record("Transformer/encoder_norm", layer_norm(joint, t["encoder_norm"]))
 
     out: dict[str, Any] = {"encoded": encoded, "intermediates": inter}
+
+    def pre_logits(features: np.ndarray) -> np.ndarray:  # official: Dense + tanh only with representation_size
+        return np.tanh(dense(features, p["pre_logits"])) if "pre_logits" in p else features
+
     if classifier == "token":
         start, logits = 0, []
         for m in modality_fusion:
-            out[f"prelogits_{m}"] = encoded[:, start]
-            out[f"logits_{m}"] = dense(encoded[:, start], p["output_projection"])
+            out[f"prelogits_{m}"] = pre_logits(encoded[:, start])
+            out[f"logits_{m}"] = dense(out[f"prelogits_{m}"], p["output_projection"])
             logits.append(out[f"logits_{m}"])
             start += x[m].shape[1]
         out["logits"] = sum(logits) / len(logits)
     else:
-        out["logits"] = dense(encoded.mean(1), p["output_projection"])
+        pooled = {"gap": np.mean, "gmp": np.max, "gsp": np.sum}[classifier](encoded, axis=1)
+        out["prelogits"] = pre_logits(pooled)
+        out["logits"] = dense(out["prelogits"], p["output_projection"])
     return out
 
 
@@ -176,7 +188,7 @@ def official_tree(rng: np.random.Generator, *, modalities: tuple[str, ...] = ("s
                   width: int = 64, heads: int = 4, mlp: int = 128, classes: int = 7, bottleneck_tokens: int = 0,
                   share_encoder: bool = False, classifier: str = "token", rgb_tokens: int = 8,
                   spec_tokens: int = 8, patch: tuple[int, int, int] = (16, 16, 2), rgb_2d: bool = False,
-                  scale: float = 0.1) -> dict:
+                  representation_size: int | None = None, scale: float = 0.1) -> dict:
     """A parameter tree with the official names and shapes, random float32 values of unit-ish activations."""
 
     def normal(*shape: int) -> np.ndarray:
@@ -197,8 +209,11 @@ def official_tree(rng: np.random.Generator, *, modalities: tuple[str, ...] = ("s
     fh, fw, ft = patch
     cls = 1 if classifier == "token" else 0
     transformer: dict[str, Any] = {"encoder_norm": norm()}
+    head_in = representation_size or width
     tree: dict[str, Any] = {"Transformer": transformer,
-                            "output_projection": {"bias": normal(classes), "kernel": normal(width, classes)}}
+                            "output_projection": {"bias": normal(classes), "kernel": normal(head_in, classes)}}
+    if representation_size:
+        tree["pre_logits"] = {"bias": normal(representation_size), "kernel": normal(width, representation_size)}
     for layer in range(depth):
         if "rgb" in modalities or share_encoder:
             transformer[f"encoderblock_{layer}"] = block()

@@ -77,13 +77,13 @@ def test_token_classifier_loss_is_the_mean_of_the_modality_losses():
 def test_mixup_pairs_each_example_with_the_reversed_batch():
     x = {"video": torch.arange(4.0).view(4, 1), "audio": torch.arange(4.0).view(4, 1) * 10}
     target = torch.eye(4)
-    mixed, targets = mixup(x, target, 0.5, per_modality=False, generator=torch.Generator().manual_seed(0))
+    mixed, targets, _ = mixup(x, target, 0.5, per_modality=False, generator=torch.Generator().manual_seed(0))
     w = targets["video"][0, 0].item()
     assert 0 < w < 1 and torch.allclose(mixed["video"][:, 0], w * torch.arange(4.0) + (1 - w) * torch.arange(3.0, -1, -1))
     assert torch.equal(targets["video"], targets["audio"])  # one weight for both modalities
-    _, own = mixup(x, target, 0.5, per_modality=True, generator=torch.Generator().manual_seed(0))
+    _, own, _ = mixup(x, target, 0.5, per_modality=True, generator=torch.Generator().manual_seed(0))
     assert not torch.equal(own["video"], own["audio"])  # official `mixmod`: a weight per modality
-    same, untouched = mixup(x, target, 0.0, per_modality=False, generator=torch.Generator())
+    same, untouched, _ = mixup(x, target, 0.0, per_modality=False, generator=torch.Generator())
     assert same is x and torch.equal(untouched["audio"], target)
 
 

@@ -19,6 +19,7 @@ from mbt import MBT, ConfigError
 from mbt.cli import main
 from mbt.interop.msgpack_tree import CheckpointError, load_flax_params, read_msgpack
 from mbt.interop.scenic import convert_scenic, load_scenic, overrides_from_scenic_config
+from mbt.model import fusion as fusion_module
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "scenic-mbt"
 VARIANT_A = FIXTURES / "a_bottleneck_fl2_nb4"
@@ -87,6 +88,8 @@ def check_against_official(model: MBT, x: dict[str, torch.Tensor], official: dic
                            official[f"prelogits_{OFFICIAL_NAME[m]}"], FEATURES_ATOL))
             checks.append((f"logits_{OFFICIAL_NAME[m]}", result.modality_logits[m],
                            official[f"logits_{OFFICIAL_NAME[m]}"], LOGITS_ATOL))
+    elif "prelogits" in official:  # a pooling classifier: the pooled (and pre-logits) features
+        checks.append(("prelogits", result.features["all"], official["prelogits"], FEATURES_ATOL))
     checks.append(("logits", result.logits, official["logits"], LOGITS_ATOL))
     for name, a, b, atol in checks:
         if tuple(a.shape) != b.shape:
@@ -231,6 +234,23 @@ VARIANTS = {
     "vanilla_gap_fl1": (dict(classifier="gap"), 1, dict(classifier="gap", fusion="vanilla")),
     "rgb_temporal_sampling": (dict(modalities=("rgb",), rgb_2d=True, rgb_tokens=12), None,
                               dict(video_tokenizer="frame_sampling", sampled_frames=3)),
+    # the official options beyond the released configs
+    "bottleneck_shared_fl2": (dict(share_encoder=True, bottleneck_tokens=5), 2,
+                              dict(fusion="bottleneck", share_weights=True, num_bottlenecks=4)),
+    "bottleneck_shared_early_fl0": (dict(share_encoder=True, bottleneck_tokens=3), 0,
+                                    dict(fusion="bottleneck", share_weights=True, num_bottlenecks=2)),
+    "gmp_vanilla_fl1": (dict(classifier="gmp"), 1, dict(classifier="gmp", fusion="vanilla")),
+    "gsp_vanilla_shared_fl2": (dict(classifier="gsp", share_encoder=True), 2,
+                               dict(classifier="gsp", fusion="vanilla", share_weights=True)),
+    "gmp_late_fl4": (dict(classifier="gmp"), 4, dict(classifier="gmp")),
+    "token_representation_size": (dict(bottleneck_tokens=5, representation_size=16), 2,
+                                  dict(representation_size=16, fusion="bottleneck")),
+    "gap_representation_size": (dict(classifier="gap", representation_size=24), 1,
+                                dict(classifier="gap", representation_size=24)),
+    # released single-modality checkpoints carry an unused bottleneck leaf: a plain ViT all the same
+    "spectrogram_only_with_bottleneck": (dict(modalities=("spectrogram",), bottleneck_tokens=5), None,
+                                         dict(modalities=("audio",))),
+    "rgb_only_with_bottleneck": (dict(modalities=("rgb",), bottleneck_tokens=5), None, dict(modalities=("video",))),
 }
 
 
@@ -240,6 +260,8 @@ def test_variant_converts_to_the_official_computation(variant, tmp_path):
     tree = ref.official_tree(np.random.default_rng(len(variant)), **tree_args)
     path = write_checkpoint(tmp_path / "checkpoint_0", tree)
     overrides = dict(SIZES) if fusion_layer is None else dict(SIZES, fusion_layer=fusion_layer)
+    if tree_args.get("classifier") in ("gmp", "gsp"):  # not in the tree: a pooling classifier has no parameters
+        overrides["classifier"] = tree_args["classifier"]
     if tree_args.get("rgb_2d"):
         overrides.update(num_frames=8)  # 3 frames sampled 8/4 = 2 apart: indices 2, 4, 6
     model = load_scenic(path, **overrides)
@@ -255,6 +277,57 @@ def test_variant_converts_to_the_official_computation(variant, tmp_path):
                                classifier=tree_args.get("classifier", "token"),
                                n_sampled_frames=3 if tree_args.get("rgb_2d") else None)
     check_against_official(model, x, official)
+    if "bottleneck" in tree and len(modalities) == 1:
+        assert model.encoder.bottleneck is None and fusion_module.fusion_schedule(model.config) == ["separate"] * 4
+
+
+def test_a_single_modality_trees_bottleneck_leaf_is_dropped_with_a_log_line(tmp_path, caplog):
+    tree = ref.official_tree(np.random.default_rng(2), modalities=("spectrogram",), bottleneck_tokens=5)
+    with caplog.at_level("INFO", logger="mbt.interop.scenic"):
+        model = load_scenic(write_checkpoint(tmp_path / "checkpoint_0", tree), **SIZES)
+    assert any("bottleneck dropped" in r.getMessage() for r in caplog.records)
+    assert not any("bottleneck" in k for k in model.state_dict())
+
+
+@pytest.mark.parametrize("tree_args", [dict(bottleneck_tokens=5), dict(bottleneck_tokens=3, share_encoder=True)])
+def test_no_fusion_is_the_official_test_with_bottlenecks_false(tree_args, tmp_path):
+    tree = ref.official_tree(np.random.default_rng(4), **tree_args)
+    model = load_scenic(write_checkpoint(tmp_path / "checkpoint_0", tree), fusion_layer=1, **SIZES)
+    rgb, mono = random_inputs(2)
+    official = ref.mbt_forward(tree, theirs(rgb, mono), fusion_layer=1, test_with_bottlenecks=False,
+                               share_encoder=tree_args.get("share_encoder", False))
+    fused = ref.mbt_forward(tree, theirs(rgb, mono), fusion_layer=1, share_encoder=tree_args.get("share_encoder",
+                                                                                                 False))
+    with torch.no_grad():
+        ours_unfused = model(**ours(rgb, mono), fuse=False)
+    assert max_diff(ours_unfused.logits, official["logits"]) <= LOGITS_ATOL
+    assert max_diff(ours_unfused.logits, fused["logits"]) > 1e-3  # fusion mattered: the check means something
+
+
+def test_the_spectrogram_kernel_is_copied_with_its_three_channels(tmp_path):
+    tree = ref.official_tree(np.random.default_rng(6), bottleneck_tokens=5)
+    model = load_scenic(write_checkpoint(tmp_path / "checkpoint_0", tree), fusion_layer=2, **SIZES)
+    np.testing.assert_array_equal(model.tokenizers["audio"].proj.weight.detach().numpy(),
+                                  tree["embedding_spectrogram"]["kernel"].transpose(3, 2, 0, 1))
+
+
+@needs_fixture
+def test_a_directory_converted_with_the_former_one_channel_kernel_still_gives_the_official_logits(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    out = convert_scenic(VARIANT_A / "checkpoint_0.xz", tmp_path / "a", **overrides_from_scenic_config(
+        VARIANT_A / "config.json"))
+    state = load_file(str(out / "model.safetensors"))
+    kernel = state["tokenizers.audio.proj.weight"]
+    # what earlier versions wrote: the official kernel summed over its channels in float64
+    state["tokenizers.audio.proj.weight"] = kernel.double().sum(1, keepdim=True).float()
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    model = MBT.from_pretrained(out).eval()
+    assert model.tokenizers["audio"].proj.weight.shape[1] == 3
+    x = ours(np.load(FIXTURES / "inputs" / "rgb.npy"), np.load(FIXTURES / "inputs" / "spectrogram_mono.npy"))
+    with torch.no_grad():
+        logits = model(**x).logits
+    assert max_diff(logits, np.load(VARIANT_A / "logits.npy")) <= LOGITS_ATOL
 
 
 def test_vanilla_and_late_fusion_differ_only_by_the_fusion_layer(tmp_path):
@@ -310,9 +383,9 @@ def _tree_path(tmp_path: Path, edit) -> Path:
 
 
 def test_an_extra_leaf_is_an_error_naming_it(tmp_path):
-    path = _tree_path(tmp_path, lambda t: t.update(pre_logits={"bias": np.zeros(64, np.float32),
+    path = _tree_path(tmp_path, lambda t: t.update(extra_head={"bias": np.zeros(64, np.float32),
                                                                "kernel": np.zeros((64, 64), np.float32)}))
-    with pytest.raises(CheckpointError, match="pre_logits/bias"):
+    with pytest.raises(CheckpointError, match="extra_head/bias"):
         load_scenic(path, fusion_layer=2, **SIZES)
 
 

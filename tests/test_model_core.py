@@ -99,9 +99,9 @@ def test_vanilla_fusion_costs_far_less_than_the_official_computation():
 
 
 def test_param_count_matches_the_official_model():
-    # official 175,009,295 with a 3-channel spectrogram conv; ours sums it to 1 channel (-2 x 16 x 16 x 768)
+    # official 175,009,295, the spectrogram conv with its 3 input channels
     report = count_flops(MBTConfig.preset("mbt-base"))
-    assert report.params == 175_009_295 - 2 * 16 * 16 * 768
+    assert report.params == 175_009_295
 
 
 def test_flops_cli_json(capsys):

@@ -84,7 +84,7 @@ def test_early_fusion_mixes_from_the_first_layers(fusion, first_mixed):
     assert changed(before[first_mixed]["audio"], after[first_mixed]["audio"])
 
 
-def _bottleneck_without_averaging(blocks, tokens, bottleneck):
+def _bottleneck_without_averaging(blocks, tokens, bottleneck, mask=None):
     # Test double: every stream keeps its own bottleneck copy (no cross-stream mean).
     copies = bottleneck if isinstance(bottleneck, dict) else {m: bottleneck for m in tokens}
     out, new = {}, {}
@@ -115,7 +115,7 @@ def test_bottleneck_gradients_reach_the_other_stream_only_after_fusion():
         assert has_gradient == expect_gradient, f"layer {layer}"
 
 
-def _naive_cross(blocks, tokens, bottleneck):
+def _naive_cross(blocks, tokens, bottleneck, mask=None):
     # The official computation: each stream's block runs over [other streams; own] and keeps its own part.
     out = {}
     for m, x in tokens.items():

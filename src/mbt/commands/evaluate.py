@@ -1,4 +1,5 @@
-"""`mbt evaluate CHECKPOINT --manifest CSV [--clips N] [--crops N] [--modalities audio,video] [--json FILE]`."""
+"""`mbt evaluate CHECKPOINT --manifest CSV [--clips N] [--crops N] [--modalities audio,video] [--no-fusion]
+[--on-missing-modality skip|mask|error] [--json FILE]`."""
 
 from __future__ import annotations
 
@@ -15,6 +16,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--crops", type=int, default=1, choices=(1, 3), help="1 = centre, 3 = left/centre/right")
     p.add_argument("--modalities", default=None,
                    help="comma-separated streams to use, e.g. audio, video or audio,video (default: all)")
+    p.add_argument("--no-fusion", action="store_true",
+                   help="run every layer with the streams apart (the official test_with_bottlenecks=False)")
+    p.add_argument("--on-missing-modality", choices=("skip", "mask", "error"), default="skip",
+                   help="a clip lacking a stream: skip it (default), evaluate it with the streams it has (mask), "
+                        "or stop (error)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--json", dest="json_file", default=None, help="write the metrics as JSON to this file")
@@ -38,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     modalities = tuple(m.strip() for m in args.modalities.split(",") if m.strip()) if args.modalities else None
     result = evaluate_checkpoint(args.checkpoint, args.manifest, num_clips=args.clips, num_crops=args.crops,
                                  modalities=modalities, batch_size=args.batch_size, num_workers=args.num_workers,
-                                 per_class_csv=args.per_class_ap, progress=not args.no_progress)
+                                 per_class_csv=args.per_class_ap, progress=not args.no_progress,
+                                 fuse=not args.no_fusion, on_missing_modality=args.on_missing_modality)
     if not result.metrics:  # not the main process under torchrun
         return 0
     if args.json_file:

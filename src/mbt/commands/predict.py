@@ -38,6 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="--timeline: window length in seconds (default: the model's input window)")
     p.add_argument("--hop", type=float, default=None, metavar="S", help="--timeline: seconds between windows (default: window/2)")
     p.add_argument("--plot", metavar="PNG", help="--timeline: draw the top classes over the spectrogram")
+    p.add_argument("--no-fusion", action="store_true",
+                   help="run every layer with the streams apart (the official test_with_bottlenecks=False)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run, trailing_positionals="videos")
@@ -91,7 +93,8 @@ def _run_files(args: argparse.Namespace, model, preprocessor) -> int:
     predictions = list(predict_files(model, preprocessor, args.videos, top_k=args.top_k, num_clips=args.clips,
                                      num_crops=args.crops, batch_size=args.batch_size,
                                      num_workers=min(args.num_workers, len(args.videos) - 1),
-                                     progress=not args.no_progress and len(args.videos) > 1))
+                                     progress=not args.no_progress and len(args.videos) > 1,
+                                     fuse=not args.no_fusion))
     if args.json:
         print(dumps([p.to_dict() for p in predictions], indent=1))
     else:
@@ -117,7 +120,8 @@ def _run_batch(args: argparse.Namespace, model, preprocessor) -> int:
     try:
         report = predict_to_jsonl(model, preprocessor, clips, args.out, top_k=args.top_k, num_clips=args.clips,
                                   num_crops=args.crops, batch_size=args.batch_size, num_workers=args.num_workers,
-                                  retry_skipped=args.retry_skipped, progress=not args.no_progress)
+                                  retry_skipped=args.retry_skipped, progress=not args.no_progress,
+                                  fuse=not args.no_fusion)
     except OSError as e:
         if isinstance(e, FileNotFoundError) and e.filename != args.out:
             raise
@@ -133,7 +137,7 @@ def _run_timeline(args: argparse.Namespace, model, preprocessor) -> int:
     (video,) = args.videos
     timeline = predict_timeline(model, preprocessor, video, window=args.window, hop=args.hop,
                                 batch_size=args.batch_size, num_workers=args.num_workers,
-                                progress=not args.no_progress)
+                                progress=not args.no_progress, fuse=not args.no_fusion)
     for w in timeline.warnings:
         print(f"mbt predict: warning: {video}: {w}", file=sys.stderr)
     written = []

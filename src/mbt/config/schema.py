@@ -19,6 +19,7 @@ PositiveInt = Annotated[int, Field(ge=1)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 NonNegative = Annotated[float, Field(ge=0.0)]
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 DEFAULT_PRESET = "mbt-tiny"
 
 
@@ -45,8 +46,9 @@ class DataConfig(ClipSampling, Augmentation):
     """Evaluation: clips per video, evenly spaced (official test: 4)."""
     eval_crops: Literal[1, 3] = 1
     """Evaluation: 1 centre crop, or 3 (left / centre / right)."""
-    on_missing_modality: Literal["skip", "error"] = "skip"
-    """A clip lacking a modality the model needs: 'skip' (logged and counted) or 'error'."""
+    on_missing_modality: Literal["skip", "mask", "error"] = "skip"
+    """A clip lacking a modality the model needs: 'skip' (logged and counted), 'mask' (used with the streams it
+    has: the model's modality mask keeps the missing one out) or 'error'. Training, validation and tests."""
     max_pad_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
     """Training skips (and counts) a window more than this fraction padding, either modality; see the README."""
     cache: bool = False
@@ -87,6 +89,9 @@ class TrainConfig(Schema):
     """Linear warm-up, in epochs."""
     grad_clip: NonNegative = 1.0
     """Clip the gradient's global norm to this (0 disables clipping)."""
+    grad_clip_scope: Literal["global", "process"] = "global"
+    """'global': clip the gradient averaged over the processes; 'process': each process clips its own gradient,
+    then they are averaged (official: per device before the mean). The same with one process."""
     label_smoothing: Fraction = 0.0
     """Label smoothing (official AudioSet: 0.3)."""
     mixup_alpha: NonNegative = 0.0
@@ -107,16 +112,33 @@ class TrainConfig(Schema):
     """Data-loader worker processes."""
     eval_every_epochs: PositiveInt = 1
     """Evaluate data.val every this many epochs (and after the last)."""
+    test_every_epochs: NonNegativeInt = 0
+    """Test data.test with data.eval_clips x eval_crops views every this many epochs (official: 4) and after the
+    last; 0: after the last only."""
     balanced_sampler: bool = False
     """Sample rows with weights that balance the classes (AudioSet)."""
     init_from: str | None = None
-    """A from_pretrained directory, or ViT weights (.npz / .safetensors / .pth) to start from."""
+    """A from_pretrained directory, ViT weights (.npz / .safetensors / .pth) to start from, or 'scratch'."""
+    init_required: bool = False
+    """Refuse to start without train.init_from (the paper recipes: the paper fine-tunes an ImageNet-21k ViT)."""
+    init_audio_cls: Literal["zero", "copy"] = "copy"
+    """ViT init: the audio CLS token 'copy' of the ViT's, or 'zero' (official: its name lookup misses it)."""
+    modality_dropout: dict[Literal["video", "audio", "flow"], Probability] = Field(default_factory=dict)
+    """Per modality, the fraction of training samples whose stream is dropped (masked), e.g. {audio: 0.25,
+    video: 0.25}; a sample loses at most one stream, so the fractions may sum to at most 1."""
     log_every: PositiveInt = 50
     """Without a terminal (log files, batch jobs): a progress line every this many steps."""
     max_bad_steps: PositiveInt = 10
     """Updates in a row with a non-finite loss (each skipped, its clips logged) before the run stops."""
     compile: bool = False
     """torch.compile the model for training (inductor; the first steps compile); outputs agree up to float rounding."""
+
+    @model_validator(mode="after")
+    def _check_modality_dropout(self) -> TrainConfig:
+        if sum(self.modality_dropout.values()) > 1.0:
+            raise invalid("modality_dropout", f"a sample loses at most one stream: the fractions "
+                                              f"{dict(self.modality_dropout)} sum to more than 1")
+        return self
 
 
 SECTIONS: dict[str, type[Schema]] = {"model": MBTConfig, "data": DataConfig, "train": TrainConfig}
@@ -129,6 +151,16 @@ class Config(Schema):
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     preset: Literal[tuple(PRESETS)] = DEFAULT_PRESET  # type: ignore[valid-type]
+
+    @model_validator(mode="after")
+    def _check_sections_agree(self) -> Config:
+        unknown = [m for m in self.train.modality_dropout if m not in self.model.modalities]
+        if unknown:
+            raise invalid("train.modality_dropout", f"{unknown[0]!r} is not one of model.modalities "
+                                                    f"{list(self.model.modalities)}")
+        if self.train.modality_dropout and len(self.model.modalities) < 2:
+            raise invalid("train.modality_dropout", "needs at least two model.modalities")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """The nested form of a YAML file (`model.preset` inside the model section)."""

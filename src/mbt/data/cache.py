@@ -19,7 +19,7 @@ _MEMO: dict[str, list[dict[str, Any]]] = {}
 def _key(dataset: ClipDataset) -> str:
     rows = [(str(r.path), r.labels, r.start, r.end) for r in dataset.rows]
     return json.dumps([rows, dataset.preprocessor.cfg.to_dict(), dataset.modalities, dataset.views_per_row,
-                       dataset.class_names], default=str)
+                       dataset.class_names, dataset.on_missing_modality], default=str)
 
 
 class InMemoryClips(Dataset):

@@ -9,7 +9,9 @@ A clip that cannot be used (missing file, corrupt, lacking a modality the model 
 window mostly padding) is never turned into a zero tensor with a label: the item is a skip marker that the collate
 function lists in `batch["skipped"]`, so the count survives worker processes and the engine can report it; padded
 clips are listed in `batch["padded"]`. The dataset itself logs neither (it runs in workers, once per epoch): the
-consumer does, once per clip, with `ClipLog`.
+consumer does, once per clip, with `ClipLog`. With `on_missing_modality="mask"` a clip lacking one stream is used
+with the others: the missing stream's input is zeros and the item lists it in `missing`; the collate function turns
+that into `batch["modality_mask"]`, which the model uses so that those zeros reach nothing.
 """
 
 from __future__ import annotations
@@ -27,10 +29,13 @@ from mbt.data.compact import CompactManifest, compact_label_indices
 from mbt.data.manifest import ManifestError, ManifestRow
 from mbt.media.decode import MediaError
 from mbt.media.preprocess import Preprocessor
+from mbt.media.settings import PreprocessorConfig
 
 log = logging.getLogger("mbt.data")
 
 CENTRE_CROP = 1  # crop index of the Preprocessor: 0 left/top, 1 centre, 2 right/bottom
+ON_MISSING_MODALITY = ("skip", "mask", "error")
+_MISSING_STREAM = {"no_video": "video", "no_audio": "audio"}  # MediaError kinds that name one absent stream
 
 
 def eval_positions(num_clips: int) -> list[float]:
@@ -64,9 +69,10 @@ class ClipDataset(Dataset):
 
     An unusable clip (a MediaError: missing, unreadable, corrupt, non-finite, lacking one of `modalities`...) is
     returned as a skip marker with `on_missing_modality="skip"`; with "error" the MediaError is raised (in the
-    main process too: a worker's MediaError is rebuilt from its message). A window whose padding (either modality)
-    is more than `max_pad_fraction` is a skip of kind `too_much_padding` in either mode; None accepts any padding
-    (evaluation: every view of a short clip is padded alike).
+    main process too: a worker's MediaError is rebuilt from its message); with "mask" a clip lacking one stream
+    (but not all) is used with the streams it has (see the module docstring). A window whose padding (either
+    modality) is more than `max_pad_fraction` is a skip of kind `too_much_padding` in either mode; None accepts any
+    padding (evaluation: every view of a short clip is padded alike).
 
     `set_epoch` must reach the dataset the workers use: the engine calls it before creating each epoch's iterator
     (non-persistent workers copy the dataset then).
@@ -76,8 +82,8 @@ class ClipDataset(Dataset):
                  train: bool, modalities: tuple[str, ...], multi_label: bool = False,
                  class_splits: tuple[int, ...] | None = None, num_clips: int = 1, num_crops: int = 1,
                  on_missing_modality: str = "skip", seed: int = 0, max_pad_fraction: float | None = None):
-        if on_missing_modality not in ("skip", "error"):
-            raise ValueError(f"on_missing_modality must be 'skip' or 'error', got {on_missing_modality!r}")
+        if on_missing_modality not in ON_MISSING_MODALITY:
+            raise ValueError(f"on_missing_modality must be one of {ON_MISSING_MODALITY}, got {on_missing_modality!r}")
         if class_splits is not None and multi_label:
             raise ValueError("class_splits are softmax heads; they cannot be multi-label")
         if class_splits is not None and sum(class_splits) != len(class_names):
@@ -177,14 +183,18 @@ class ClipDataset(Dataset):
             raise IndexError(f"index {index} out of range for {len(self)} items")
         row_index, position, crop = self.view(index)
         row = self.rows[row_index]
+        missing: tuple[str, ...] = ()
         try:
-            if self.train:
-                generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch, row_index))
-                sample = self.preprocessor(row.path, train=True, generator=generator, start=row.start, end=row.end,
-                                           modalities=self.modalities)
-            else:
-                sample = self.preprocessor(row.path, train=False, position=position, crop=crop, start=row.start,
-                                           end=row.end, modalities=self.modalities)
+            try:
+                sample = self._sample(row, row_index, position, crop, self.modalities)
+            except MediaError as e:
+                lacking = _MISSING_STREAM.get(e.kind)
+                if self.on_missing_modality != "mask" or lacking not in self.modalities or len(self.modalities) < 2:
+                    raise
+                missing = (lacking,)
+                sample = self._sample(row, row_index, position, crop,
+                                      tuple(m for m in self.modalities if m != lacking))
+                log.debug("%s: no %s; masked", row.path, lacking)
         except MediaError as e:
             if self.on_missing_modality == "error":
                 raise
@@ -197,12 +207,22 @@ class ClipDataset(Dataset):
             return {"skipped": reason, "kind": "too_much_padding", "row": row_index, "path": str(row.path)}
         for warning in sample.warnings:
             log.debug("%s: %s", row.path, warning)
-        item = {"inputs": {m: sample.inputs[m] for m in self.modalities}, "target": self._target(row_index),
-                "row": row_index, "view": index % self.views_per_row}
+        inputs = {m: sample.inputs[m] if m not in missing else blank_input(self.preprocessor.cfg, m)
+                  for m in self.modalities}
+        item = {"inputs": inputs, "target": self._target(row_index), "row": row_index,
+                "view": index % self.views_per_row, "missing": missing}
         if sample.video_padded or sample.audio_padded:
             item["padded"] = (str(row.path), sample.video_pad_fraction if sample.video_padded else 0.0,
                               sample.audio_pad_fraction if sample.audio_padded else 0.0)
         return item
+
+    def _sample(self, row: ManifestRow, row_index: int, position: float, crop: int, modalities: tuple[str, ...]):
+        if self.train:  # the same generator for a retry without a missing stream: still a function of the item
+            generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch, row_index))
+            return self.preprocessor(row.path, train=True, generator=generator, start=row.start, end=row.end,
+                                     modalities=modalities)
+        return self.preprocessor(row.path, train=False, position=position, crop=crop, start=row.start, end=row.end,
+                                 modalities=modalities)
 
 
 class _RowTargets(Sequence):
@@ -218,14 +238,23 @@ class _RowTargets(Sequence):
         return self._dataset._target(row_index % len(self))
 
 
+def blank_input(cfg: PreprocessorConfig, modality: str) -> torch.Tensor:
+    """Zeros of a stream's input shape: the placeholder of a missing stream, which the modality mask keeps out."""
+    if modality == "video":
+        return torch.zeros(3, cfg.num_frames, cfg.image_size, cfg.image_size)
+    return torch.zeros(cfg.spec_frames, cfg.num_mel_bins)
+
+
 def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Stack the usable items; `skipped` lists (row, path, kind, reason) of the others, `padded` (row, path, video
     fraction, audio fraction) of the usable items that were padded beyond the tolerance.
 
     A batch whose items were all skipped has empty `inputs`, `target` None and zero-length `row` / `view`.
+    `modality_mask` {stream: (B,) bool} is there when some item lacks a stream (`on_missing_modality="mask"`).
     """
     usable = [item for item in items if "skipped" not in item]
     skipped = [(item["row"], item["path"], item["kind"], item["skipped"]) for item in items if "skipped" in item]
+    lacking = {m for item in usable for m in item.get("missing", ())}
     batch: dict[str, Any] = {
         "inputs": {m: torch.stack([item["inputs"][m] for item in usable]) for m in (usable[0]["inputs"]
                                                                                      if usable else ())},
@@ -235,6 +264,9 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "skipped": skipped,
         "padded": [(item["row"], *item["padded"]) for item in usable if "padded" in item],
     }
+    if lacking:
+        batch["modality_mask"] = {m: torch.tensor([m not in item.get("missing", ()) for item in usable])
+                                  for m in sorted(lacking)}
     return batch
 
 

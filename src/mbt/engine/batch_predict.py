@@ -118,7 +118,7 @@ def _rewrite(out: Path, records: Iterable[dict]) -> None:
 
 def predict_to_jsonl(model: MBT, preprocessor: Preprocessor, clips: list[Clip], out: str | Path, *, top_k: int = 5,
                      num_clips: int = 4, num_crops: int = 1, batch_size: int = 8, num_workers: int = 0,
-                     retry_skipped: bool = False, progress: bool = True) -> TaggingReport:
+                     retry_skipped: bool = False, progress: bool = True, fuse: bool = True) -> TaggingReport:
     """Predict the clips not yet in `out` and append a line for each, in input order (raises OSError when `out`
     cannot be written)."""
     out = Path(out)
@@ -135,7 +135,7 @@ def predict_to_jsonl(model: MBT, preprocessor: Preprocessor, clips: list[Clip], 
     with out.open("a", encoding="utf-8") as handle:
         predictions = predict_files(model, preprocessor, [c.path for c in todo], top_k=top_k, num_clips=num_clips,
                                     num_crops=num_crops, spans=[(c.start, c.end) for c in todo],
-                                    batch_size=batch_size, num_workers=num_workers, progress=progress)
+                                    batch_size=batch_size, num_workers=num_workers, progress=progress, fuse=fuse)
         for clip, prediction in zip(todo, predictions):
             # one write per line, flushed: a kill leaves at most one cut line, which the next run redoes
             handle.write(json.dumps(_record(prediction, clip), allow_nan=False) + "\n")

@@ -90,23 +90,6 @@ def all_reduce_sum(value: float, info: DistInfo) -> float:
     return float(t.item())
 
 
-def average_gradients(model: torch.nn.Module, info: DistInfo) -> None:
-    """All-reduce (mean) the gradients DDP did not: those accumulated under `no_sync` when the micro-batch that
-    would have synchronised them was skipped by every process."""
-    if not info.enabled:
-        return
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= info.world_size
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
-        offset += g.numel()
-
-
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
@@ -115,3 +98,47 @@ def barrier(info: DistInfo) -> None:
 def cleanup(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def clip_gradients(model: torch.nn.Module, max_norm: float, scope: str, info: DistInfo) -> float | None:
+    """Clip (max_norm > 0) and, where the gradients are still per process, average them; returns the gradient
+    norm before clipping (with 'process': the mean over the processes of each one's own norm).
+
+    'global': the gradients are already averaged (DDP's all-reduce in the backward pass): clip their norm.
+    'process': the backward ran without DDP's all-reduce (no_sync); each process clips its own gradient, then the
+    gradients are averaged, as the official trainer clips per device before `pmean`.
+    """
+    if scope not in ("global", "process"):
+        raise ValueError(f"train.grad_clip_scope must be 'global' or 'process', got {scope!r}")
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm) if max_norm > 0 else None
+    if scope == "process" and info.enabled:
+        average_gradients(model, info)
+        if norm is not None:
+            return all_reduce_sum(float(norm), info) / info.world_size
+    return None if norm is None else float(norm)
+
+
+def average_gradients(model: torch.nn.Module, info: DistInfo, bucket_bytes: int = 25 * 2**20) -> None:
+    """All-reduce (mean) the gradients DDP did not: those accumulated under `no_sync` (grad_clip_scope 'process',
+    or a window whose synchronising micro-batch every process skipped). In flattened buckets of about
+    `bucket_bytes` (DDP's default bucket size): a few large all-reduces, no copy of the whole gradient at once."""
+    if not info.enabled:
+        return
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+    buckets: list[list[torch.Tensor]] = [[]]
+    size = 0
+    for grad in (p.grad for p in model.parameters() if p.grad is not None):
+        if buckets[-1] and (size >= bucket_bytes or grad.dtype != buckets[-1][0].dtype
+                            or grad.device != buckets[-1][0].device):
+            buckets.append([])
+            size = 0
+        buckets[-1].append(grad)
+        size += grad.numel() * grad.element_size()
+    for bucket in (b for b in buckets if b):
+        flat = _flatten_dense_tensors(bucket)
+        dist.all_reduce(flat)
+        flat.div_(info.world_size)
+        for grad, averaged in zip(bucket, _unflatten_dense_tensors(flat, bucket)):
+            grad.copy_(averaged)

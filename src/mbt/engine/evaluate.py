@@ -41,7 +41,10 @@ def _dense_targets(dataset: ClipDataset, rows: np.ndarray) -> np.ndarray:
 @torch.no_grad()
 def evaluate_dataset(model: MBT, dataset: ClipDataset, *, batch_size: int = 8, num_workers: int = 0,
                      info: D.DistInfo | None = None, modalities: tuple[str, ...] | None = None,
-                     progress: bool = True) -> EvalResult:
+                     progress: bool = True, fuse: bool = True) -> EvalResult:
+    """Per-video averaged logits and the metrics. `fuse=False`: every layer runs the streams apart (the official
+    `test_with_bottlenecks=False`). Clips lacking a stream (a dataset with on_missing_modality='mask') are run
+    with the streams they have, through the model's modality mask."""
     info = info or D.DistInfo()
     was_training = model.training
     model.eval()
@@ -56,7 +59,8 @@ def evaluate_dataset(model: MBT, dataset: ClipDataset, *, batch_size: int = 8, n
         if batch["target"] is None:
             continue
         inputs = {m: batch["inputs"][m].to(device) for m in modalities}
-        logits = model(**inputs).logits.float().cpu()
+        mask = {m: v.to(device) for m, v in batch.get("modality_mask", {}).items() if m in modalities} or None
+        logits = model(**inputs, modality_mask=mask, fuse=fuse).logits.float().cpu()
         finite = torch.isfinite(logits).all(dim=1)
         for i in (~finite).nonzero()[:, 0].tolist():  # a clip that drives the model to NaN is named and left out
             row = int(batch["row"][i])
@@ -110,7 +114,8 @@ def load_for_inference(checkpoint: str | Path, device: torch.device | str = "cpu
 
 def evaluate_checkpoint(checkpoint: str | Path, manifest: str | Path, *, num_clips: int = 4, num_crops: int = 1,
                         modalities: tuple[str, ...] | None = None, batch_size: int = 8, num_workers: int = 0,
-                        per_class_csv: str | Path | None = None, progress: bool = True) -> EvalResult:
+                        per_class_csv: str | Path | None = None, progress: bool = True, fuse: bool = True,
+                        on_missing_modality: str = "skip") -> EvalResult:
     info = D.setup_distributed()
     model, preprocessor = load_for_inference(checkpoint, info.device)
     class_names = preprocessor.cfg.class_names
@@ -123,9 +128,9 @@ def evaluate_checkpoint(checkpoint: str | Path, manifest: str | Path, *, num_cli
     dataset = ClipDataset(read_compact_manifest(manifest), class_names, preprocessor, train=False,
                           modalities=modalities,
                           multi_label=model.config.multi_label, class_splits=model.config.class_splits,
-                          num_clips=num_clips, num_crops=num_crops, on_missing_modality="skip")
+                          num_clips=num_clips, num_crops=num_crops, on_missing_modality=on_missing_modality)
     result = evaluate_dataset(model, dataset, batch_size=batch_size, num_workers=num_workers, info=info,
-                              modalities=modalities, progress=progress)
+                              modalities=modalities, progress=progress, fuse=fuse)
     D.cleanup(info)
     if per_class_csv and info.is_main and model.config.multi_label and len(result.rows):
         from mbt.engine.metrics import average_precision

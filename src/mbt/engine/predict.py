@@ -162,9 +162,11 @@ def _collate(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 @torch.no_grad()
 def run_requests(model: MBT, preprocessor: Preprocessor, requests: Sequence[Request], *, batch_size: int = 8,
-                 num_workers: int = 0, progress: bool = False, desc: str = "predicting") -> Iterator[Outcome]:
+                 num_workers: int = 0, progress: bool = False, desc: str = "predicting",
+                 fuse: bool = True) -> Iterator[Outcome]:
     """The outcome of every request, in order. `batch_size` requests (each with all its views) per forward pass;
-    requests whose files have the same streams share a pass. Raw logits are averaged over each request's views."""
+    requests whose files have the same streams share a pass. Raw logits are averaged over each request's views.
+    `fuse=False` runs every layer with the streams apart (the official `test_with_bottlenecks=False`)."""
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     if num_workers < 0:
@@ -177,14 +179,14 @@ def run_requests(model: MBT, preprocessor: Preprocessor, requests: Sequence[Requ
     try:
         with progress_bar(total=len(dataset), desc=desc, enabled=progress, leave=False) as bar:
             for items in loader:
-                yield from _forward(model, device, items)
+                yield from _forward(model, device, items, fuse)
                 bar.update(len(items))
     finally:
         if was_training:
             model.train()
 
 
-def _forward(model: MBT, device: torch.device, items: list[dict[str, Any]]) -> list[Outcome]:
+def _forward(model: MBT, device: torch.device, items: list[dict[str, Any]], fuse: bool = True) -> list[Outcome]:
     outcomes: dict[int, Outcome] = {}
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for item in items:
@@ -195,7 +197,7 @@ def _forward(model: MBT, device: torch.device, items: list[dict[str, Any]]) -> l
             groups.setdefault(tuple(item["present"]), []).append(item)
     for present, group in groups.items():
         inputs = {m: torch.cat([item["inputs"][m] for item in group]).to(device) for m in present}
-        out = model(**inputs)
+        out = model(**inputs, fuse=fuse)
         sizes = [len(item["inputs"][present[0]]) for item in group]
         logits = out.logits.float().cpu().split(sizes)
         per_stream = {m: x.float().cpu().split(sizes) for m, x in out.modality_logits.items()}
@@ -209,7 +211,8 @@ def _forward(model: MBT, device: torch.device, items: list[dict[str, Any]]) -> l
 # ==================================================================== files
 def predict_files(model: MBT, preprocessor: Preprocessor, paths: Sequence[str | Path], *, top_k: int = 5,
                   num_clips: int = 4, num_crops: int = 1, spans: Sequence[tuple[float | None, float | None]] | None
-                  = None, batch_size: int = 8, num_workers: int = 0, progress: bool = False) -> Iterator[Prediction]:
+                  = None, batch_size: int = 8, num_workers: int = 0, progress: bool = False,
+                  fuse: bool = True) -> Iterator[Prediction]:
     """A Prediction per path, in order. `spans` (one (start, end) per path, None for the whole file) restricts
     each file to a segment, as a manifest's start / end columns do."""
     if top_k < 1:
@@ -221,7 +224,7 @@ def predict_files(model: MBT, preprocessor: Preprocessor, paths: Sequence[str | 
     requests = [Request(str(path), views, start, end) for path, (start, end) in zip(paths, spans)]
     names = class_names_of(model, preprocessor)
     for outcome in run_requests(model, preprocessor, requests, batch_size=batch_size, num_workers=num_workers,
-                                progress=progress):
+                                progress=progress, fuse=fuse):
         prediction = Prediction(requests[outcome.index].path, missing=list(outcome.missing),
                                 warnings=list(outcome.warnings), num_views=outcome.num_views)
         if outcome.error is None and not bool(torch.isfinite(outcome.logits).all()):
@@ -294,7 +297,7 @@ def window_spans(duration: float, window: float, hop: float) -> list[tuple[float
 
 def predict_timeline(model: MBT, preprocessor: Preprocessor, path: str | Path, *, window: float | None = None,
                      hop: float | None = None, batch_size: int = 8, num_workers: int = 0,
-                     progress: bool = False) -> Timeline:
+                     progress: bool = False, fuse: bool = True) -> Timeline:
     """Class scores of windows sliding over a recording: one centred clip per window (a window shorter than the
     model's input window gives the model its full input window, centred on it). Default window: the model's
     longest input window; default hop: half the window. Raises MediaError when the file cannot be read or has
@@ -311,7 +314,7 @@ def predict_timeline(model: MBT, preprocessor: Preprocessor, path: str | Path, *
     kept, rows, skipped, warnings = [], [], [], [f"no {m} track: predicted from {', '.join(tracks.present)} alone"
                                                  for m in tracks.missing]
     for outcome in run_requests(model, preprocessor, requests, batch_size=batch_size, num_workers=num_workers,
-                                progress=progress, desc="timeline"):
+                                progress=progress, desc="timeline", fuse=fuse):
         start, end = spans[outcome.index]
         if outcome.error is not None:
             skipped.append({"start": round(start, 3), "end": round(end, 3),

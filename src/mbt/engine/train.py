@@ -1,6 +1,7 @@
 """The pieces of a training run, each readable and testable alone: `setup_run` (data, model, optimiser, schedule),
 `restore` / `save_state` (checkpoints), `epoch_loader`, `micro_step` (forward + backward of one batch),
-`optimizer_step`, `validate` and `finish`. The loop that wires them is the recipe `mbt.recipes.train`.
+`optimizer_step`, `validate`, `scheduled_test` and `finish`. The loop that wires them is the recipe
+`mbt.recipes.train`.
 
 Exact resume: the data order and every clip's augmentation are functions of (seed, epoch, index); the global RNG
 (stochastic depth), the mixup generator, the optimiser and the position inside the epoch are checkpointed.
@@ -36,6 +37,7 @@ from mbt.engine.evaluate import evaluate_dataset
 from mbt.engine.losses import dense_targets, mbt_loss
 from mbt.engine.memory import TRAINING_BYTES_PER_PARAMETER, check_model_fits
 from mbt.engine.mixup import mixup
+from mbt.engine.modality_dropout import drop_modalities
 from mbt.engine.resume import check_resume_config, prepare_new_run
 from mbt.engine.schedule import warmup_cosine
 from mbt.errors import ConfigError, DataError, OutputError
@@ -77,8 +79,27 @@ def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer
     return torch.optim.AdamW(groups, lr=cfg.train.lr)
 
 
-def initialise(model: MBT, source: str) -> None:
-    """`train.init_from`: a from_pretrained directory (e.g. a converted official checkpoint) or 2-D ViT weights."""
+SCRATCH = "scratch"  # train.init_from: start from random weights, said explicitly
+INIT_FILES = ("a from_pretrained directory, or an ImageNet-21k ViT-B/16: Google's ViT-B_16.npz (vit_jax), an augreg "
+              ".npz (big_vision) or a timm-named .safetensors / .pth")
+
+
+def check_init_from(cfg: Config) -> None:
+    """`train.init_required` (the paper recipes) refuses a run without `train.init_from`; 'scratch' is logged as
+    what it is."""
+    tc = cfg.train
+    if tc.init_required and not tc.init_from:
+        raise ConfigError(f"train.init_from: this recipe fine-tunes a pretrained ViT as the paper does; give "
+                          f"{INIT_FILES} (or 'scratch' for random weights, not the paper's setting)")
+    if tc.init_from == SCRATCH:
+        log.warning("train.init_from: scratch: random initial weights, not the paper's setting (the paper "
+                    "fine-tunes an ImageNet-21k ViT; a ViT-B from scratch on a small set such as AS-mini loses most "
+                    "of its mAP)")
+
+
+def initialise(model: MBT, source: str, *, audio_cls: str = "copy") -> None:
+    """`train.init_from`: a from_pretrained directory (e.g. a converted official checkpoint) or 2-D ViT weights;
+    `audio_cls` ('zero' | 'copy') is the ViT init's audio CLS token (`train.init_audio_cls`)."""
     path = Path(source)
     if path.is_dir():
         pretrained = MBT.from_pretrained(path)
@@ -92,7 +113,7 @@ def initialise(model: MBT, source: str) -> None:
         return
     from mbt.interop.vit import init_from_vit
 
-    report = init_from_vit(model, path)
+    report = init_from_vit(model, path, audio_cls=audio_cls)
     log.info("initialised from ViT weights %s: %s", path, report)
 
 
@@ -221,6 +242,7 @@ class Run:
     log_file: RunLogFile | None = None
     # each skipped / padded training clip logged once per run (padded ones counted: take_counts())
     clip_log: ClipLog = field(default_factory=lambda: ClipLog(log, "training clip"))
+    test_dataset: Any = None  # data.test with data.eval_clips x eval_crops views (see `scheduled_test`)
 
     @property
     def num_workers(self) -> int:
@@ -241,18 +263,27 @@ def _datasets(cfg: Config, class_names: list[str], preprocessor: Preprocessor, p
                           modalities=model_cfg.modalities, multi_label=model_cfg.multi_label,
                           class_splits=model_cfg.class_splits, on_missing_modality=cfg.data.on_missing_modality,
                           seed=tc.seed, max_pad_fraction=cfg.data.max_pad_fraction)
-    val_dataset = None
+    # evaluation skips a clip it cannot use, unless its missing streams are to be masked
+    eval_missing = "mask" if cfg.data.on_missing_modality == "mask" else "skip"
+    val_dataset = test_dataset = None
     if cfg.data.val:
         val_dataset = ClipDataset(read_compact_manifest(cfg.data.val), class_names, preprocessor, train=False,
                                   modalities=model_cfg.modalities, multi_label=model_cfg.multi_label,
                                   class_splits=model_cfg.class_splits, num_clips=1, num_crops=1,
-                                  on_missing_modality="skip")
+                                  on_missing_modality=eval_missing)
+    if cfg.data.test:  # official: the test split with 4 clips every few epochs and at the end
+        test_dataset = ClipDataset(read_compact_manifest(cfg.data.test), class_names, preprocessor, train=False,
+                                   modalities=model_cfg.modalities, multi_label=model_cfg.multi_label,
+                                   class_splits=model_cfg.class_splits, num_clips=cfg.data.eval_clips,
+                                   num_crops=cfg.data.eval_crops, on_missing_modality=eval_missing)
     if cfg.data.cache:
         dataset = InMemoryClips(dataset, num_workers=tc.num_workers, progress=progress)
         if val_dataset is not None:
             val_dataset = InMemoryClips(val_dataset, num_workers=tc.num_workers, progress=progress)
+        if test_dataset is not None:
+            test_dataset = InMemoryClips(test_dataset, num_workers=tc.num_workers, progress=progress)
     weights = D.balanced_weights([r.labels for r in rows]) if tc.balanced_sampler else None
-    return dataset, val_dataset, weights
+    return dataset, val_dataset, test_dataset, weights
 
 
 def _resumable(cfg: Config, out_dir: Path) -> Resumable | None:
@@ -277,6 +308,7 @@ def setup_run(cfg: Config, out_dir: str | Path, *, resume: bool = False, overwri
 
     A folder holding a run is refused unless `resume` (continue it: the newest checkpoint that verifies, whose
     config must agree with `cfg`) or `overwrite` (the old run is moved aside)."""
+    check_init_from(cfg)
     info = D.setup_distributed()
     out_dir = Path(out_dir)
     class_names = resolve_classes(cfg)
@@ -309,13 +341,13 @@ def _build_run(cfg: Config, out_dir: Path, info: D.DistInfo, class_names: list[s
                resumable: Resumable | None, log_file: RunLogFile | None, progress: bool) -> Run:
     tc = cfg.train
     prep_cfg = cfg.preprocessor(class_names)
-    dataset, val_dataset, sample_weights = _datasets(cfg, class_names, Preprocessor(prep_cfg),
-                                                     progress and info.is_main)
+    dataset, val_dataset, test_dataset, sample_weights = _datasets(cfg, class_names, Preprocessor(prep_cfg),
+                                                                   progress and info.is_main)
 
     torch.manual_seed(tc.seed)  # the same initial weights on every rank
     model = MBT(cfg.model)
-    if tc.init_from:
-        initialise(model, tc.init_from)
+    if tc.init_from and tc.init_from != SCRATCH:
+        initialise(model, tc.init_from, audio_cls=tc.init_audio_cls)
     model.preprocessing = prep_cfg
     model.to(info.device)
     # Compiled, the training forward runs inductor's kernels over the same parameters; state dicts, evaluation
@@ -336,7 +368,7 @@ def _build_run(cfg: Config, out_dir: Path, info: D.DistInfo, class_names: list[s
                steps_per_epoch=steps_per_epoch, total_steps=steps_per_epoch * tc.epochs,
                warmup_steps=round(tc.warmup_epochs * steps_per_epoch), mix_generator=mix_generator,
                metrics_log=MetricsLog(out_dir, info.is_main), progress=progress, resume_from=resumable,
-               log_file=log_file)
+               log_file=log_file, test_dataset=test_dataset)
 
 
 def restore(run: Run) -> TrainState:
@@ -402,11 +434,16 @@ def micro_step(run: Run, batch: dict[str, Any], state: TrainState, *, sync: bool
         return 0
     inputs = {m: x.to(info.device, non_blocking=True) for m, x in batch["inputs"].items()}
     target = dense_targets(batch["target"], run.cfg.model).to(info.device)
-    inputs, targets = mixup(inputs, target, tc.mixup_alpha, per_modality=tc.mixup_per_modality,
-                            generator=run.mix_generator)
-    with run.ddp_model.no_sync() if info.enabled and not sync else nullcontext():
+    # issue 18: the clips' missing streams, then modality dropout (the mask keeps a dropped stream out)
+    mask = drop_modalities(tc.modality_dropout, batch["row"], epoch=state.epoch, seed=tc.seed, streams=tuple(inputs),
+                           mask={m: v.to(info.device) for m, v in batch.get("modality_mask", {}).items()} or None)
+    inputs, targets, mask = mixup(inputs, target, tc.mixup_alpha, per_modality=tc.mixup_per_modality,
+                                  generator=run.mix_generator, mask=mask)
+    # grad_clip_scope 'process' all-reduces in optimizer_step, after each process clipped its own gradient
+    local = info.enabled and (not sync or tc.grad_clip_scope == "process")
+    with run.ddp_model.no_sync() if local else nullcontext():
         with run.autocast():
-            loss = mbt_loss(run.ddp_model(**inputs), targets, run.cfg.model, tc.label_smoothing)
+            loss = mbt_loss(run.ddp_model(**inputs, modality_mask=mask), targets, run.cfg.model, tc.label_smoothing)
         finite = bool(torch.isfinite(loss))
         if info.enabled:  # every process skips the backward, or none does (DDP all-reduces inside it)
             finite = D.all_reduce_sum(0.0 if finite else 1.0, info) == 0
@@ -418,7 +455,7 @@ def micro_step(run: Run, batch: dict[str, Any], state: TrainState, *, sync: bool
             state.epoch_bad_losses += 1
             return 0
         (loss / tc.grad_accum).backward()
-    state.window_synced = sync or not info.enabled
+    state.window_synced = (sync and not local) or not info.enabled
     state.last_loss = loss.item()
     used = len(batch["row"])
     state.window_clips += used
@@ -444,13 +481,14 @@ def optimizer_step(run: Run, state: TrainState) -> dict[str, Any] | None:
                                 f"(train.max_bad_steps = {tc.max_bad_steps}); the clips are named in the log above")
         return None
     state.bad_steps = 0
-    if not synced:  # the window's last micro-batch was skipped, so DDP never all-reduced its gradients
+    if not synced and tc.grad_clip_scope == "global":
+        # the window's last micro-batch was skipped, so DDP never all-reduced its gradients ('process' scope:
+        # clip_gradients averages them, after each process clipped its own)
         D.average_gradients(run.model, run.info)
     lr = tc.lr * warmup_cosine(state.step, run.total_steps, run.warmup_steps)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
-    grad_norm = (torch.nn.utils.clip_grad_norm_(run.model.parameters(), tc.grad_clip) if tc.grad_clip > 0
-                 else None)
+    grad_norm = D.clip_gradients(run.model, tc.grad_clip, tc.grad_clip_scope, run.info)
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     state.step += 1
@@ -491,6 +529,27 @@ def validate(run: Run, state: TrainState) -> dict[str, Any]:
     run.metrics_log.write(entry)
     if run.info.is_main:
         log.info("epoch %d: %s", state.epoch + 1,
+                 ", ".join(f"{k}={v:.4g}" for k, v in entry.items() if isinstance(v, float)))
+    return entry
+
+
+def scheduled_test(run: Run, state: TrainState) -> dict[str, Any] | None:
+    """data.test with data.eval_clips x eval_crops views (official: 4 clips), after the epoch `state.epoch` when
+    it is a multiple of train.test_every_epochs and after the last; the entry (test_* metrics) joins the history
+    and the metrics log (metrics.jsonl, TensorBoard)."""
+    tc = run.cfg.train
+    epoch = state.epoch + 1
+    due = epoch == tc.epochs or (tc.test_every_epochs > 0 and epoch % tc.test_every_epochs == 0)
+    if run.test_dataset is None or not due:
+        return None
+    result = evaluate_dataset(run.model, run.test_dataset, batch_size=run.local_batch, num_workers=run.num_workers,
+                              info=run.info, progress=run.progress)
+    entry = {"step": state.step, "epoch": epoch,
+             **{f"test_{k}": v for k, v in result.metrics.items() if isinstance(v, (int, float))}}
+    state.history.append(entry)
+    run.metrics_log.write(entry)
+    if run.info.is_main:
+        log.info("epoch %d test (%d clips x %d crops): %s", epoch, run.cfg.data.eval_clips, run.cfg.data.eval_crops,
                  ", ".join(f"{k}={v:.4g}" for k, v in entry.items() if isinstance(v, float)))
     return entry
 

@@ -1,8 +1,11 @@
 """Official scenic MBT checkpoints (Flax msgpack TrainState) -> `MBT`, leaf by leaf, float32 throughout.
 
 The variant is read off the parameter tree: which modalities have an embedding, `_spectrogram` blocks or not
-(shared weights), a `bottleneck` leaf (bottleneck fusion, with one extra token for the token classifier), `cls`
-leaves (token classifier), and every size from a kernel's shape. What the tree does not store is given by the
+(shared weights, with either fusion), a `bottleneck` leaf (bottleneck fusion, with one extra token for the token
+classifier), `cls` leaves (token classifier; without them `gap`, or the `gmp` / `gsp` the caller names), a
+`pre_logits` leaf (`representation_size`), and every size from a kernel's shape. Every leaf is used exactly once,
+with one documented exception: a single-modality tree's `bottleneck` leaf, which the official model creates but
+never uses (one modality is a plain ViT), is dropped with a log line. What the tree does not store is given by the
 caller: `fusion_layer` (default 8 for 12-layer models, the released ViT-B checkpoints) and, where the token counts
 leave a choice, the input sizes (see `infer_config`).
 
@@ -123,12 +126,19 @@ def infer_config(leaves: dict[str, np.ndarray], source: str = "checkpoint", **ov
     for key in (query, mlp):
         if key not in leaves:
             raise CheckpointError(f"{source}: missing leaf {key}")
-    classifier = "token" if "cls" in leaves else "gap"
+    if "cls" in leaves:
+        classifier = "token"
+    else:  # the pooling classifiers have no parameters: gap unless told gmp / gsp
+        classifier = overrides.get("classifier", "gap")
+        if classifier == "token":
+            raise ConfigError(f"model.classifier: the checkpoint {source} has no cls leaf, so it is not 'token'; "
+                              "give gap, gmp or gsp")
     cls = 1 if classifier == "token" else 0
     inferred: dict[str, Any] = dict(
         modalities=modalities, depth=depth, width=width, num_heads=leaves[query].shape[1],
         mlp_dim=leaves[mlp].shape[1], share_weights=share, classifier=classifier,
-        num_classes=leaves["output_projection/kernel"].shape[1])
+        num_classes=leaves["output_projection/kernel"].shape[1],
+        representation_size=leaves["pre_logits/kernel"].shape[1] if "pre_logits/kernel" in leaves else None)
     if "bottleneck" in leaves:
         inferred.update(fusion="bottleneck", num_bottlenecks=leaves["bottleneck"].shape[1] - cls)
     else:
@@ -219,10 +229,9 @@ def scenic_state(pool: LeafPool, cfg: MBTConfig) -> tuple[dict[str, np.ndarray],
     for m in cfg.modalities:
         embedding, posemb, cls = names[m]
         if m == "audio":
-            # (time, mel, C, D) -> (D, C, time, mel), summed over C: the pipeline tiles the mono spectrogram to
-            # the 3 channels the official conv reads, so one channel with the summed kernel is the same.
-            put(f"tokenizers.{m}.proj.weight", f"{embedding}/kernel",
-                lambda k: k.transpose(3, 2, 0, 1).astype(np.float64).sum(1, keepdims=True).astype(np.float32))
+            # (time, mel, C, D) -> (D, C, time, mel): the official 3 channels as they are (the model convolves the
+            # mono spectrogram with their sum, as the official conv does on the tiled input)
+            put(f"tokenizers.{m}.proj.weight", f"{embedding}/kernel", lambda k: k.transpose(3, 2, 0, 1))
         elif cfg.video_tokenizer == "tubelet":
             put(f"tokenizers.{m}.proj.weight", f"{embedding}/kernel", lambda k: k.transpose(4, 3, 0, 1, 2))
         else:
@@ -247,10 +256,13 @@ def scenic_state(pool: LeafPool, cfg: MBTConfig) -> tuple[dict[str, np.ndarray],
                 state[f"{target}.{key}"] = value
                 origins[f"{target}.{key}"] = f"{prefix}/..."
 
-    if "bottleneck" in pool:
-        if len(cfg.modalities) == 1:
-            raise CheckpointError(f"{pool.source}: leaf bottleneck is unused: a single-modality model never runs "
-                                  "bottleneck fusion")
+    if "bottleneck" in pool and len(cfg.modalities) == 1:
+        # The documented exception to "every leaf used once": the official model creates the parameter whenever
+        # use_bottleneck is set, but a single-modality model never runs fusion (the released spec / rgb models).
+        pool.take("bottleneck")
+        log.info("%s: leaf bottleneck dropped: a single-modality model never uses it (official behaviour)",
+                 pool.source)
+    elif "bottleneck" in pool:
         if cfg.fusion_layer >= cfg.depth:
             raise CheckpointError(f"{pool.source}: leaf bottleneck is unused with fusion_layer {cfg.fusion_layer} "
                                   f"(late fusion in a {cfg.depth}-layer model); give the fusion layer it was "
@@ -258,6 +270,9 @@ def scenic_state(pool: LeafPool, cfg: MBTConfig) -> tuple[dict[str, np.ndarray],
         put("encoder.bottleneck", "bottleneck")
     put("norm.weight", "Transformer/encoder_norm/scale")
     put("norm.bias", "Transformer/encoder_norm/bias")
+    if cfg.representation_size:
+        put("pre_logits.weight", "pre_logits/kernel", dense_weight)
+        put("pre_logits.bias", "pre_logits/bias")
     put("head.weight", "output_projection/kernel", dense_weight)
     put("head.bias", "output_projection/bias")
     return state, origins

@@ -10,8 +10,8 @@ What goes where (official `mbt/model_utils.py` unless noted):
   the head is not loaded (new classes: it stays zero);
 - video tubelet kernel inflated from the 2-D patch kernel: `central_frame` (the 2-D kernel at time index t//2,
   zeros elsewhere), `average` (tiled / t) or `arp` (tiled, weighted by approximate rank pooling, Bilen et al.);
-- audio patch kernel: the 2-D kernel summed over RGB (our audio tokenizer has one channel; the official
-  3-channel copy on a tiled mono spectrogram computes the same);
+- audio patch kernel: the 2-D RGB kernel unchanged (3 input channels, as the official copy; the tokenizer
+  convolves the mono spectrogram with their sum, which is what the official conv computes on the tiled input);
 - positional embeddings: the CLS entry kept; video: the 2-D grid (bilinearly resized with
   `scipy.ndimage.zoom(order=1)` if the frame grid differs) tiled over time; audio: the grid resized to the
   spectrogram's (time, mel) patch grid; bottleneck tokens: the grid resized to a gh x gw grid of the bottleneck
@@ -280,7 +280,7 @@ def init_from_vit(model: MBT, path: str | Path, *, video_kernel_init: str = "cen
         if kind == "audio":
             if tuple(cfg.spec_patch) != (vit.patch, vit.patch):
                 fail(f"ViT patch {vit.patch}x{vit.patch} does not match model.spec_patch {tuple(cfg.spec_patch)}")
-            state[f"tokenizers.{m}.proj.weight"] = kernel.sum(dim=1, keepdim=True)
+            state[f"tokenizers.{m}.proj.weight"] = kernel  # the RGB kernel as it is (official, 3 channels)
             state[f"tokenizers.{m}.proj.bias"] = bias
             state[f"pos_embed.{m}"] = with_cls(resize_grid(grid, *token_grid))
         else:

@@ -495,6 +495,28 @@ def _decode_audio(container: av.container.InputContainer, path: str | Path, star
     return torch.from_numpy(wave), 1.0 - have.sum() / wanted
 
 
+AUDIO_WINDOWS = ("contained", "looped", "synced")
+
+
+def _looped_audio(container: av.container.InputContainer, path: str | Path, origin: float, span: tuple[float, float],
+                  start: float, seconds: float, sample_rate: int) -> tuple[torch.Tensor, float]:
+    """`seconds` of audio from `start` that wrap round to the span's start at its end, as the official DMVR
+    `sample_sequence` (repeat_sequence=True) does with the spectrogram frames of a stored clip; and the fraction
+    of silence in it (an audio stream that ends before the span does leaves some before each loop)."""
+    wanted = round(seconds * sample_rate)
+    span_samples = max(round((span[1] - span[0]) * sample_rate), 1)
+    pieces, count, silent, t = [], 0, 0.0, start
+    while count < wanted:
+        # the rest of the span from t, in whole samples, at most what is still wanted
+        samples = min(max(round((span[1] - t) * sample_rate), 1), wanted - count, span_samples)
+        piece, pad = _decode_audio(container, path, origin + t, samples / sample_rate, sample_rate)
+        pieces.append(piece[:samples])
+        count += len(pieces[-1])
+        silent += pad * len(piece)
+        t = span[0]
+    return torch.cat(pieces)[:wanted], min(silent / max(wanted, 1), 1.0)
+
+
 def decode_clip(
     path: str | Path,
     *,
@@ -509,6 +531,7 @@ def decode_clip(
     video: bool = True,
     audio: bool = True,
     max_short_side: int | None = None,
+    audio_window: str = "contained",
 ) -> Clip:
     """Decode the video and audio windows of one clip.
 
@@ -519,10 +542,18 @@ def decode_clip(
     end or duration] (see `window_start`). `max_short_side` lets the decoder's scaler shrink large frames so their
     short side is at most that (never enlarges), which is much cheaper than resizing full-size frames later.
 
+    `audio_window` places the audio window: "contained" as above (silence past the media's end); "looped" at
+    relative `position` of the span's room left after the window (official evaluation windows, and training
+    without video), "synced" starting where the video window starts, i.e. at the same proportion of the span
+    (official training: DMVR's `sample_offset_proportion`); both wrap round to the span's start past its end
+    instead of padding with silence.
+
     Raises MediaError (see MEDIA_ERROR_KINDS): `no_video` / `no_audio` when a requested modality has no stream or
     no decodable frame, `empty` when the span [start, end] lies outside the media, `non_finite` for NaN / Inf
     audio samples in the window, and the file-level kinds of `open_media`.
     """
+    if audio_window not in AUDIO_WINDOWS:
+        raise ValueError(f"audio_window must be one of {AUDIO_WINDOWS}, got {audio_window!r}")
     if num_frames < 1 or frame_stride < 1 or fps <= 0 or audio_seconds <= 0:
         raise ValueError(f"bad window: num_frames={num_frames}, frame_stride={frame_stride}, fps={fps}, "
                          f"audio_seconds={audio_seconds}")
@@ -540,14 +571,22 @@ def decode_clip(
                                             f"holds no media (the file lasts {duration:.3f} s)")
         video_seconds = num_frames * frame_stride / fps
         video_start = window_start(span_start, span_end, video_seconds, position, duration)
-        audio_start = window_start(span_start, span_end, audio_seconds, position, duration)
+        if audio_window == "contained":
+            audio_start = window_start(span_start, span_end, audio_seconds, position, duration)
+        elif audio_window == "synced":
+            audio_start = max(video_start, span_start)  # the same proportion of the span
+        else:
+            audio_start = span_start + position * max(span_end - span_start - audio_seconds, 0.0)
         frames = wave = None
         video_pad = audio_pad = 0.0
         if video:
             targets = origin + video_start + np.arange(num_frames) * (frame_stride / fps)
             frames, video_pad = _decode_video(container, path, targets, max_short_side)
-        if audio:
+        if audio and audio_window == "contained":
             wave, audio_pad = _decode_audio(container, path, origin + audio_start, audio_seconds, sample_rate)
+        elif audio:
+            wave, audio_pad = _looped_audio(container, path, origin, (span_start, span_end), audio_start,
+                                            audio_seconds, sample_rate)
     # A video target counts as padding only beyond the tolerance already, audio samples are counted one by one.
     return Clip(video=frames, audio=wave, video_padded=video_pad > 0,
                 audio_padded=audio_pad * audio_seconds > PAD_TOLERANCE_S, video_start=video_start,

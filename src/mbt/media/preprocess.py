@@ -39,6 +39,14 @@ class Sample:
 SILENCE_PEAK = 1e-4
 
 
+def _audio_window(setting: str, train: bool, with_video: bool) -> str:
+    """decode_clip's audio window for `data.audio_window`: official training places the audio at the video
+    window's proportion of the clip, official evaluation each stream's window on its own; both loop."""
+    if setting == "contained":
+        return "contained"
+    return "synced" if train and with_video else "looped"
+
+
 class Preprocessor:
     """Turns a media file (or decoded frames / waveforms) into the inputs the model was configured for."""
 
@@ -74,6 +82,7 @@ class Preprocessor:
             path, num_frames=cfg.num_frames, fps=cfg.fps, frame_stride=cfg.frame_stride,
             audio_seconds=cfg.audio_seconds, sample_rate=cfg.sample_rate, position=position, start=start, end=end,
             video="video" in modalities, audio="audio" in modalities, max_short_side=max_short_side,
+            audio_window=_audio_window(cfg.audio_window, train, "video" in modalities),
         )
         inputs: dict[str, torch.Tensor] = {}
         warnings: list[str] = []

@@ -44,6 +44,11 @@ class ClipSampling(Schema):
     """Audio is resampled to this rate (Hz) before the front end."""
     audio_frontend: Literal["kaldi", "logmel"] = "kaldi"
     """'kaldi': the AST / CAV-MAE Kaldi fbank; 'logmel': a plain power log-mel."""
+    audio_window: Literal["proportional", "contained"] = "contained"
+    """'proportional' (official DMVR): in training the audio window starts at the video window's proportion of the
+    clip, evaluation windows sit evenly in each stream; past the clip's end the audio loops. 'contained': both
+    windows at the same relative position of what is left after them, so the audio window holds the video's
+    moment and stays inside the clip (silence only for a clip shorter than the window)."""
 
 
 class Augmentation(Schema):

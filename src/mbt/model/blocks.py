@@ -81,7 +81,10 @@ class Attention(nn.Module):
         b, n, _ = t.shape
         return t.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`key_mask` (B, keys) bool over [x; context]: False keys are left out of every query's softmax (a stream
+        missing from a sample, see `MBT.forward(modality_mask=...)`)."""
         b, n, d = x.shape
         q, k, v = self.qkv(x).split(d, dim=-1)
         if context is not None:
@@ -91,10 +94,14 @@ class Attention(nn.Module):
             v = torch.cat([v, v_context], dim=1)
         q, k, v = self._heads(q), self._heads(k), self._heads(v)
         dropout = self.attention_dropout if self.training else 0.0
+        mask = None if key_mask is None else key_mask[:, None, None, :]  # broadcast over heads and queries
         if self.fused:
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         else:
-            probs = self.probe(torch.softmax((q * self.head_dim**-0.5) @ k.transpose(-2, -1), dim=-1))
+            scores = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            probs = self.probe(torch.softmax(scores, dim=-1))
             out = F.dropout(probs, dropout) @ v
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, d)))
 
@@ -116,7 +123,8 @@ class Block(nn.Module):
         self.drop_path1 = DropPath(drop_path, drop_path_rescale)
         self.drop_path2 = DropPath(drop_path, drop_path_rescale)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                key_mask: torch.Tensor | None = None) -> torch.Tensor:
         normed_context = None if context is None else self.norm1(context)
-        x = x + self.drop_path1(self.attn(self.norm1(x), normed_context))
+        x = x + self.drop_path1(self.attn(self.norm1(x), normed_context, key_mask))
         return x + self.drop_path2(self.mlp(self.norm2(x)))

@@ -48,9 +48,12 @@ class MBTConfig(Schema):
     num_bottlenecks: PositiveInt = 4
     """Bottleneck tokens B (the official code adds one slot for the CLS token with the token classifier)."""
     share_weights: bool = False
-    """One set of transformer weights for all streams."""
-    classifier: Literal["token", "gap"] = "token"
-    """'token': per-stream CLS -> shared norm + head, logits averaged; 'gap': mean of all tokens."""
+    """One set of transformer weights for all streams (with any fusion, as the official `share_encoder`)."""
+    classifier: Literal["token", "gap", "gmp", "gsp"] = "token"
+    """'token': per-stream CLS -> shared norm + head, logits averaged; 'gap' / 'gmp' / 'gsp': mean / max / sum
+    over all tokens of all streams."""
+    representation_size: PositiveInt | None = None
+    """Width of the official pre-logits layer (Dense + tanh before the head); null: none (the official config)."""
     # Heads
     num_classes: PositiveInt = 527
     """Outputs of the head (set from data.classes when training)."""
@@ -99,8 +102,6 @@ class MBTConfig(Schema):
             raise invalid("num_heads", f"{self.num_heads} heads do not divide width {self.width}")
         if self.fusion_layer > self.depth:
             raise invalid("fusion_layer", f"must be in 0..depth ({self.depth}), got {self.fusion_layer}")
-        if self.share_weights and self.fusion == "bottleneck" and self.fusion_layer < self.depth:
-            raise invalid("share_weights", "shared weights are implemented for vanilla (or late) fusion only")
         if self.image_size % self.patch_size:
             raise invalid("image_size", f"{self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.video_tokenizer == "tubelet" and self.num_frames % self.tubelet_size:

@@ -24,11 +24,17 @@ from mbt.model.blocks import Block
 from mbt.model.config import MBTConfig
 
 Tokens = dict[str, torch.Tensor]
-LayerFn = Callable[[dict[str, Block], Tokens, "torch.Tensor | None"], tuple[Tokens, "torch.Tensor | None"]]
+# Per-sample presence of the streams, {stream: (B,) bool}; None (or a stream left out): present in every sample.
+Mask = "dict[str, torch.Tensor] | None"
+LayerFn = Callable[[dict[str, Block], Tokens, "torch.Tensor | None", Mask], tuple[Tokens, "torch.Tensor | None"]]
 
 
 def fusion_schedule(cfg: MBTConfig) -> list[str]:
-    """The kind of every layer, e.g. 12 layers, bottleneck at 8 -> 8 x 'separate' + 4 x 'bottleneck'."""
+    """The kind of every layer, e.g. 12 layers, bottleneck at 8 -> 8 x 'separate' + 4 x 'bottleneck'.
+
+    One stream is a plain ViT whatever the fusion setting (official: `len(modality_fusion) == 1`)."""
+    if len(cfg.modalities) == 1:
+        return ["separate"] * cfg.depth
     if cfg.fusion == "bottleneck":
         fused = "bottleneck"
     else:
@@ -36,38 +42,61 @@ def fusion_schedule(cfg: MBTConfig) -> list[str]:
     return ["separate" if layer < cfg.fusion_layer else fused for layer in range(cfg.depth)]
 
 
-def _separate(blocks: dict[str, Block], tokens: Tokens, bottleneck: torch.Tensor | None):
+def _token_mask(tokens: Tokens, names: list[str], mask: Mask) -> torch.Tensor | None:
+    """(B, keys) bool over the concatenated tokens of `names`: a masked stream's tokens are no keys."""
+    if mask is None or not any(m in mask for m in names):
+        return None
+    parts = []
+    for m in names:
+        x = tokens[m]
+        present = mask[m] if m in mask else torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+        parts.append(present[:, None].expand(-1, x.shape[1]))
+    return torch.cat(parts, dim=1)
+
+
+def _separate(blocks: dict[str, Block], tokens: Tokens, bottleneck: torch.Tensor | None, mask: Mask = None):
     return {m: blocks[m](x) for m, x in tokens.items()}, bottleneck
 
 
-def _cross(blocks: dict[str, Block], tokens: Tokens, bottleneck: torch.Tensor | None):
+def _cross(blocks: dict[str, Block], tokens: Tokens, bottleneck: torch.Tensor | None, mask: Mask = None):
     # Every stream reads the pre-layer tokens of the others (a parallel update, as the official code).
     out = {}
     for m, x in tokens.items():
-        others = [y for n, y in tokens.items() if n != m]
-        out[m] = blocks[m](x, context=torch.cat(others, dim=1) if others else None)
+        others = [n for n in tokens if n != m]
+        context = torch.cat([tokens[n] for n in others], dim=1) if others else None
+        key_mask = _token_mask(tokens, [m] + others, mask)  # a stream missing from a sample is not read
+        out[m] = blocks[m](x, context=context, key_mask=key_mask)
     return out, bottleneck
 
 
-def _joint(blocks: dict[str, Block], tokens: Tokens, bottleneck: torch.Tensor | None):
+def _joint(blocks: dict[str, Block], tokens: Tokens, bottleneck: torch.Tensor | None, mask: Mask = None):
     names = list(tokens)
     block = blocks[names[0]]  # shared weights: every stream maps to the same block
-    joint = block(torch.cat([tokens[m] for m in names], dim=1))
+    joint = block(torch.cat([tokens[m] for m in names], dim=1), key_mask=_token_mask(tokens, names, mask))
     return dict(zip(names, joint.split([tokens[m].shape[1] for m in names], dim=1))), bottleneck
 
 
-def _bottleneck(blocks: dict[str, Block], tokens: Tokens, bottleneck: torch.Tensor | None):
+def _bottleneck(blocks: dict[str, Block], tokens: Tokens, bottleneck: torch.Tensor | None, mask: Mask = None):
     assert bottleneck is not None
     n_bottleneck = bottleneck.shape[1]
-    out, updates = {}, []
+    out, updates = {}, {}
     for m, x in tokens.items():  # every stream reads the same bottleneck (parallel, not sequential)
         y = blocks[m](torch.cat([x, bottleneck], dim=1))
         # One split, not two slices: its backward writes the block's gradient once (a cat of both parts), where two
         # slices each zero-fill a full-size gradient, copy their part in, and autograd then adds the two.
-        out[m], update = y.split([x.shape[1], n_bottleneck], dim=1)
-        updates.append(update)
+        out[m], updates[m] = y.split([x.shape[1], n_bottleneck], dim=1)
     # The streams' copies are averaged after every layer: the only path between the streams.
-    return out, torch.stack(updates, dim=0).mean(dim=0)
+    if mask is None or not any(m in mask for m in updates):
+        return out, torch.stack(list(updates.values()), dim=0).mean(dim=0)
+    # ... over the streams each sample has: a missing stream's update is no part of the average
+    total = count = 0
+    for m, update in updates.items():
+        if m in mask:
+            total = total + torch.where(mask[m][:, None, None], update, torch.zeros_like(update))
+            count = count + mask[m].to(update.dtype)
+        else:
+            total, count = total + update, count + 1
+    return out, total / count[:, None, None]
 
 
 BOTTLENECK = "bottleneck"  # the name of the bottleneck tokens' segment in a layout
@@ -162,7 +191,7 @@ class FusionEncoder(nn.Module):
         else:
             self.streams = nn.ModuleDict({m: make_blocks() for m in cfg.modalities})
         self.bottleneck = None
-        if cfg.fusion == "bottleneck" and cfg.fusion_layer < cfg.depth:
+        if "bottleneck" in self.schedule:
             # No positional embedding on bottleneck tokens; normal(0.02) init as the official code.
             self.bottleneck = nn.Parameter(torch.randn(1, cfg.num_bottleneck_tokens, cfg.width) * 0.02)
 
@@ -178,11 +207,13 @@ class FusionEncoder(nn.Module):
         return {m: self.streams[m][layer] for m in self.modalities}
 
     def forward(self, tokens: Tokens, *, fuse: bool = True,
-                capture: Callable[[int, str, Tokens, torch.Tensor | None], None] | None = None) -> Tokens:
+                capture: Callable[[int, str, Tokens, torch.Tensor | None], None] | None = None,
+                mask: Mask = None) -> Tokens:
         """Runs the schedule over the streams present in `tokens` (in `modalities` order).
 
         `fuse=False` runs every layer as `separate` (the official `test_with_bottlenecks=False`).
         `capture(layer, kind, tokens, bottleneck)` is called after every layer (analysis, parity tests).
+        `mask` {stream: (B,) bool}: a stream's tokens in the samples where it is False reach no other stream.
         """
         tokens = {m: tokens[m] for m in self.modalities if m in tokens}
         batch = next(iter(tokens.values())).shape[0]
@@ -192,7 +223,7 @@ class FusionEncoder(nn.Module):
                 kind = "separate"
             if kind == "bottleneck" and bottleneck is None:
                 bottleneck = self.bottleneck.expand(batch, -1, -1)
-            tokens, bottleneck = LAYER_KINDS[kind].run(self.blocks_at(layer), tokens, bottleneck)
+            tokens, bottleneck = LAYER_KINDS[kind].run(self.blocks_at(layer), tokens, bottleneck, mask)
             if capture is not None:
                 capture(layer, kind, tokens, bottleneck)
         return tokens  # the bottleneck is dropped at the end, as in the official code

@@ -31,11 +31,42 @@ class MBTOutput:
     logits: torch.Tensor  # (B, num_classes): the fused prediction (mean of the per-modality logits)
     modality_logits: dict[str, torch.Tensor] = field(default_factory=dict)  # token classifier only
     features: dict[str, torch.Tensor] = field(default_factory=dict)  # per-modality pooled features after the norm
+    # (and the pre-logits layer, when there is one): what the head reads
+    # {stream: (B,) bool} for the streams some samples lack (`forward(modality_mask=...)`): their entries of
+    # `modality_logits` / `features` are no prediction for those samples. None: every stream ran for every sample.
+    modality_mask: dict[str, torch.Tensor] | None = None
 
 
 def _lecun_normal_(weight: torch.Tensor) -> None:
     fan_in = weight[0].numel()
     nn.init.trunc_normal_(weight, std=math.sqrt(1.0 / fan_in) / 0.87962566103423978, a=-2.0, b=2.0)
+
+
+def _masked_mean(values: dict[str, torch.Tensor], mask: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per sample, the mean of the streams' (B, ...) values over the streams that sample has."""
+    if not any(m in mask for m in values):
+        return torch.stack(list(values.values()), dim=0).mean(dim=0)
+    total = count = 0
+    for m, v in values.items():
+        if m in mask:
+            shape = (-1,) + (1,) * (v.dim() - 1)
+            total = total + torch.where(mask[m].view(shape), v, torch.zeros_like(v))
+            count = count + mask[m].to(v.dtype).view(shape)
+        else:
+            total, count = total + v, count + 1
+    return total / count
+
+
+def _pool(tokens: torch.Tensor, classifier: str, keep: torch.Tensor | None) -> torch.Tensor:
+    """gap / gmp / gsp over the tokens (B, N, D); `keep` (B, N, 1) bool leaves masked streams' tokens out."""
+    if keep is None:
+        if classifier == "gap":
+            return tokens.mean(dim=1)
+        return tokens.amax(dim=1) if classifier == "gmp" else tokens.sum(dim=1)
+    if classifier == "gmp":
+        return tokens.masked_fill(~keep, float("-inf")).amax(dim=1)
+    summed = tokens.masked_fill(~keep, 0.0).sum(dim=1)
+    return summed / keep.sum(dim=1).to(tokens.dtype) if classifier == "gap" else summed
 
 
 class MBT(nn.Module):
@@ -67,7 +98,10 @@ class MBT(nn.Module):
             self.pos_embed[m] = nn.Parameter(torch.randn(1, config.num_tokens(m), d) * 0.02)
         self.encoder = FusionEncoder(config)
         self.norm = layer_norm(d)  # one final LayerNorm shared by all modalities (official `encoder_norm`)
-        self.head = nn.Linear(d, config.num_classes)  # shared, zero-initialised (official `output_projection`)
+        # official `pre_logits`: Dense + tanh shared by the streams, only with representation_size
+        self.pre_logits = nn.Linear(d, config.representation_size) if config.representation_size else None
+        # shared, zero-initialised (official `output_projection`)
+        self.head = nn.Linear(config.representation_size or d, config.num_classes)
         self._init_weights()
 
     # ------------------------------------------------------------------ init (official initialisers)
@@ -94,6 +128,9 @@ class MBT(nn.Module):
                     _lecun_normal_(weight[:, :, weight.shape[2] // 2])
                 else:
                     _lecun_normal_(module.weight.data)
+        if self.pre_logits is not None:  # flax Dense defaults: lecun normal kernel, zero bias
+            _lecun_normal_(self.pre_logits.weight.data)
+            nn.init.zeros_(self.pre_logits.bias)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
@@ -148,10 +185,16 @@ class MBT(nn.Module):
                              f"got {tuple(x.shape)}")
 
     def forward(self, video: torch.Tensor | None = None, audio: torch.Tensor | None = None, *,
-                fuse: bool = True, **inputs: torch.Tensor | None) -> MBTOutput:
+                fuse: bool = True, modality_mask: dict[str, torch.Tensor] | None = None,
+                **inputs: torch.Tensor | None) -> MBTOutput:
         """video: (B, 3, T, H, W); audio: (B, T_spec, n_mels) log-mel; other streams (e.g. `flow`) by name.
 
         A modality given as None (or left out) is not run: the model then uses the streams it has.
+        `modality_mask` {stream: (B,) bool} marks the samples that lack a stream (False), so that one batch can mix
+        complete and incomplete clips: in those samples the stream's input (e.g. zeros) reaches nothing — not the
+        bottleneck average, not the other streams' attention keys, not the logit mean or the pooled tokens — and
+        each sample's outputs are those of running it alone with the streams it has.
+        `fuse=False`: every layer runs the streams apart (the official `test_with_bottlenecks=False`).
         """
         inputs = {"video": video, "audio": audio, **inputs}
         unknown = [m for m, x in inputs.items() if x is not None and m not in self.config.modalities]
@@ -162,20 +205,65 @@ class MBT(nn.Module):
             raise ValueError(f"no input given; this model takes {', '.join(self.config.modalities)}")
         for m in present:
             self._check_input(m, inputs[m])
-        tokens = self.encoder({m: self.embed(m, inputs[m]) for m in present}, fuse=fuse)
-        return self.classify(tokens)
+        present, mask = self._partial_mask(present, inputs, modality_mask)
+        tokens = self.encoder({m: self.embed(m, inputs[m]) for m in present}, fuse=fuse, mask=mask)
+        return self.classify(tokens, mask)
 
-    def classify(self, tokens: dict[str, torch.Tensor]) -> MBTOutput:
+    def _partial_mask(self, present: list[str], inputs: dict[str, torch.Tensor | None],
+                      modality_mask: dict[str, torch.Tensor] | None) -> tuple[list[str], dict | None]:
+        """The streams to run and the masks of those only some samples have (None when there are none): in
+        evaluation a stream no sample has is not run at all, which is the same computation; in training it still
+        runs, masked, so that its parameters get (zero) gradients as DDP expects of every parameter."""
+        if not modality_mask:
+            return present, None
+        batch = inputs[present[0]].shape[0]
+        masks = {}
+        for m, value in modality_mask.items():
+            if m not in self.config.modalities:
+                raise ValueError(f"modality_mask: {m!r} is not a modality of this model {self.config.modalities}")
+            if value is None or m not in present:
+                continue
+            value = torch.as_tensor(value, device=inputs[m].device)
+            if value.shape != (batch,) or value.dtype != torch.bool:
+                raise ValueError(f"modality_mask[{m!r}]: expected a ({batch},) bool tensor, got "
+                                 f"{tuple(value.shape)} {value.dtype}")
+            masks[m] = value
+        kept = [m for m in present if m not in masks or bool(masks[m].any()) or self.training]
+        if not kept:
+            raise ValueError("modality_mask: every stream is masked in every sample")
+        partial = {m: v for m, v in masks.items() if m in kept and not bool(v.all())}
+        if partial:
+            has_any = torch.zeros(batch, dtype=torch.bool, device=next(iter(partial.values())).device)
+            for m in kept:
+                has_any |= partial[m] if m in partial else True
+            if not bool(has_any.all()):
+                sample = int((~has_any).nonzero()[0, 0])
+                raise ValueError(f"modality_mask: sample {sample} has no stream left")
+        return kept, partial or None
+
+    def classify(self, tokens: dict[str, torch.Tensor], mask: dict[str, torch.Tensor] | None = None) -> MBTOutput:
+        """Shared norm, pooling and head; `mask` as `forward`'s: a sample's pooling and logit mean use only the
+        streams it has."""
+        mask = mask or {}
         if self.config.classifier == "token":
-            features = {m: self.norm(x[:, 0]) for m, x in tokens.items()}
+            features = {m: self._pre_logits(self.norm(x[:, 0])) for m, x in tokens.items()}
             modality_logits = {m: self.head(f) for m, f in features.items()}
             # evaluation output of the official code: the mean of the per-modality logits
-            logits = torch.stack(list(modality_logits.values()), dim=0).mean(dim=0)
-            return MBTOutput(logits, modality_logits, features)
-        # gap: mean over all tokens of all streams (official; the 3136 video tokens outweigh the 400 audio ones)
+            logits = _masked_mean(modality_logits, mask)
+            return MBTOutput(logits, modality_logits, features, {m: mask[m] for m in tokens if m in mask} or None)
+        # gap / gmp / gsp: mean / max / sum over all tokens of all streams (official: the 3136 video tokens
+        # outweigh the 400 audio ones)
         normed = self.norm(torch.cat(list(tokens.values()), dim=1))
-        pooled = normed.mean(dim=1)
+        keep = None
+        if any(m in mask for m in tokens):
+            keep = torch.cat([(mask[m] if m in mask else torch.ones(x.shape[0], dtype=torch.bool, device=x.device))
+                              [:, None].expand(-1, x.shape[1]) for m, x in tokens.items()], dim=1)[..., None]
+        pooled = _pool(normed, self.config.classifier, keep)
+        pooled = self._pre_logits(pooled)
         return MBTOutput(self.head(pooled), {}, {"all": pooled})
+
+    def _pre_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.pre_logits is None else torch.tanh(self.pre_logits(x))
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | Path,
@@ -222,6 +310,10 @@ class MBT(nn.Module):
                 stored = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
         except (SafetensorError, OSError, ValueError) as e:
             raise DataError(f"{weights}: not a readable safetensors file ({' '.join(str(e).split())[:160]})") from None
+        for m in config.modalities:  # earlier versions stored the spectrogram kernel with 1 channel, their sum
+            key = f"tokenizers.{m}.proj.weight"
+            if MODALITY_KINDS[m][0] == "audio" and key in stored and len(stored[key]) == 4 and stored[key][1] == 1:
+                stored[key] = (stored[key][0], SpectrogramEmbed.CHANNELS, *stored[key][2:])  # split when loaded
         stored_count, expected_count = sum(math.prod(s) for s in stored.values()), cls.count_parameters(config, buffers=True)
         if stored_count != expected_count:  # found before anything of config.json's size is built
             raise ValueError(f"{weights}: holds {stored_count:,} parameters, config.json describes a model of "

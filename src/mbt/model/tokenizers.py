@@ -7,6 +7,7 @@ video t-slowest then h then w; spectrogram time-major.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -48,14 +49,38 @@ class FrameSamplingEmbed(nn.Module):
 class SpectrogramEmbed(nn.Module):
     """Patches of a (time x mel) log-mel spectrogram (paper: 800 x 128 -> 50 x 8 tokens), time-major.
 
-    The official code tiles the mono spectrogram to 3 channels before a 3-channel convolution; a 1-channel
-    convolution whose kernel is the sum over those channels gives the same result for a third of the cost (weight
-    import sums the channels).
+    The kernel has the official 3 input channels, which the official pipeline feeds the mono spectrogram tiled 3x.
+    The forward pass convolves the mono input once with the channels' sum: the same result for a third of the
+    cost. Keeping 3 channels keeps the official dynamics: every channel receives the same gradient, so under SGD the
+    summed kernel moves 3x as far per step as one 1-channel parameter would (and counts sqrt(3)x in a clipped
+    gradient norm). A 1-channel kernel saved by earlier versions loads as 3 channels with exactly its sum.
     """
+
+    CHANNELS = 3
 
     def __init__(self, width: int, patch: tuple[int, int]):
         super().__init__()
-        self.proj = nn.Conv2d(1, width, kernel_size=patch, stride=patch)
+        self.proj = nn.Conv2d(self.CHANNELS, width, kernel_size=patch, stride=patch)
+
+    def summed_kernel(self) -> torch.Tensor:
+        w = self.proj.weight
+        return w[:, 0:1] + w[:, 1:2] + w[:, 2:3]  # a fixed order of the sum, which `split_kernel` relies on
 
     def forward(self, spectrogram: torch.Tensor) -> torch.Tensor:  # (B, T_spec, n_mels)
-        return self.proj(spectrogram.unsqueeze(1)).flatten(2).transpose(1, 2)
+        tokens = F.conv2d(spectrogram.unsqueeze(1), self.summed_kernel(), self.proj.bias, stride=self.proj.stride)
+        return tokens.flatten(2).transpose(1, 2)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "proj.weight"
+        weight = state_dict.get(key)
+        if weight is not None and weight.ndim == 4 and weight.shape[1] == 1:
+            state_dict[key] = split_kernel(weight)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def split_kernel(kernel: torch.Tensor) -> torch.Tensor:
+    """A 1-channel kernel k (D, 1, ...) -> 3 channels (a, a, c) whose sum (a + a) + c is exactly k in float32:
+    a = k / 3 rounded, c = k - 2a, which is exact (Sterbenz: 2a lies within [k / 2, 2k]), so a + a + c rounds to k
+    and converted runs keep their logits bit for bit."""
+    a = kernel / 3
+    return torch.cat([a, a, kernel - 2 * a], dim=1)

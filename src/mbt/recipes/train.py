@@ -20,6 +20,7 @@ from mbt.engine.train import (
     optimizer_step,
     restore,
     save_state,
+    scheduled_test,
     setup_run,
     validate,
 )
@@ -91,6 +92,7 @@ def _loop(run: Run, stop_after_steps: int | None) -> TrainResult:
         close_epoch(run, state)
         if run.val_dataset is not None and ((epoch + 1) % tc.eval_every_epochs == 0 or epoch + 1 == tc.epochs):
             validate(run, state)
+        scheduled_test(run, state)
         state.epoch, state.batch_in_epoch = epoch + 1, 0
         save_state(run, state)
     finish(run, state, save_model=not stopped_early)
