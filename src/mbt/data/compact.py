@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mbt.data.manifest import ManifestError, ManifestRow
+from mbt.data.manifest import ManifestError, ManifestRow, read_text
 
 CHUNK_ROWS = 65_536  # rows parsed into Python objects at a time before they become arrays
 
@@ -75,19 +75,7 @@ class CompactManifest(Sequence):
 
 
 def _decode(path: Path) -> str:
-    try:
-        data = path.read_bytes()
-    except IsADirectoryError:
-        raise ManifestError(f"{path}: cannot read manifest: is a directory") from None
-    except OSError as e:
-        raise ManifestError(f"{path}: cannot read manifest: {e.strerror or e}") from None
-    try:
-        return data.decode("utf-8-sig")  # spreadsheet programs write a byte-order mark
-    except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise ManifestError(f"{path}:{line}: manifest is not UTF-8 text (byte 0x{data[e.start]:02x}); "
-                            "save it as UTF-8") from None
-
+    return read_text(path, "manifest")  # UTF-8 with or without BOM; other encodings named by file and line
 
 def _seconds(value: str, path: Path, line: int, key: str) -> float:
     value = value.strip()
