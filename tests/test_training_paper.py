@@ -114,6 +114,7 @@ def _clip_worker(rank: int, port: int, out: str, max_norm: float) -> None:
         ((ddp(x) - y) ** 2).sum().backward()
     norm = D.clip_gradients(model, max_norm, "process", D.DistInfo(rank, 2))
     torch.save({"grads": [p.grad for p in model.parameters()], "norm": norm}, f"{out}/rank{rank}.pt")
+    dist.barrier()  # neither process tears gloo down while the other still talks to it (SIGABRT under load)
     dist.destroy_process_group()
 
 
