@@ -185,6 +185,29 @@ def test_spec_augment_is_seeded_and_off_with_zero_masks():
     assert torch.equal(T.spec_augment(spec, gen(5), 0, 16, 0, 8), spec)
 
 
+def test_roll_time_shifts_within_the_bound_and_loses_no_frame():
+    spec = torch.arange(40 * 3, dtype=torch.float32).reshape(40, 3)
+    shifts = set()
+    for seed in range(60):
+        out = T.roll_time(spec, gen(seed), 5)
+        shift = int(torch.nonzero(spec[:, 0] == out[0, 0])[0]) if out[0, 0] in spec[:, 0] else None
+        shift = (-shift) % 40  # out[t] = spec[t - shift]
+        assert torch.equal(out, torch.roll(spec, shift, 0))  # a pure roll: every frame kept, none added
+        shifts.add(shift if shift <= 20 else shift - 40)
+    assert shifts <= set(range(-5, 6)) and len(shifts) >= 8  # both ways, up to the bound
+    assert torch.equal(T.roll_time(spec, gen(3), 5), T.roll_time(spec, gen(3), 5))
+
+
+def test_time_shift_is_applied_only_in_training(clip_file):
+    base = Preprocessor(small_config(freq_mask_count=0))
+    rolled = Preprocessor(small_config(freq_mask_count=0, time_shift=30))
+    assert torch.equal(base(clip_file).inputs["audio"], rolled(clip_file).inputs["audio"])
+    train = [rolled(clip_file, train=True, generator=gen(s), position=0.5).inputs["audio"] for s in range(4)]
+    plain = base(clip_file, train=True, generator=gen(0), position=0.5).inputs["audio"]
+    assert any(not torch.equal(t, plain) for t in train)
+    assert all(torch.equal(torch.sort(t.flatten())[0], torch.sort(plain.flatten())[0]) for t in train)
+
+
 # ==================================================================== Preprocessor
 def small_config(**overrides) -> PreprocessorConfig:
     values = dict(num_frames=8, fps=25.0, frame_stride=2, image_size=64, short_side=72, num_mel_bins=64,

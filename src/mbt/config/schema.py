@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, model_validator
 
+from mbt.errors import ConfigError
 from mbt.media.settings import NORMALISATION_STATS, Augmentation, ClipSampling, PreprocessorConfig
 from mbt.model.config import PRESETS, MBTConfig
 from mbt.schema import Schema, invalid
@@ -36,8 +37,9 @@ class DataConfig(ClipSampling, Augmentation):
     """Classes file: one class name a line; its line number is its index."""
     short_side: PositiveInt | None = None
     """Resize the short side to this before cropping; null = image_size * 8 / 7 (256 for 224)."""
-    normalisation: Literal["scenic", "ast", "cav-mae", "none", "custom"] = "ast"
-    """Spectrogram statistics (x - mean) / std: a known set, or 'custom' with spec_mean / spec_std."""
+    normalisation: Literal["scenic", "ast", "cav-mae", "none", "custom", "dataset"] = "ast"
+    """Spectrogram statistics (x - mean) / std: a known set, 'custom' with spec_mean / spec_std, or 'dataset': the
+    training set's own, measured when a run starts (as `mbt data stats`) and written into its train_config.yaml."""
     spec_mean: float | None = None
     """Spectrogram mean for normalisation 'custom' (see `mbt data stats`)."""
     spec_std: Annotated[float, Field(gt=0)] | None = None
@@ -51,6 +53,9 @@ class DataConfig(ClipSampling, Augmentation):
     has: the model's modality mask keeps the missing one out) or 'error'. Training, validation and tests."""
     max_pad_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
     """Training skips (and counts) a window more than this fraction padding, either modality; see the README."""
+    fit_windows: bool = False
+    """Fit the input windows to the training clips when a run starts: data.frame_stride so the frames span the
+    median clip, model.spec_frames so the audio window is the clip, not padding (written into train_config.yaml)."""
     cache: bool = False
     """Decode every clip once and keep it in memory, without per-epoch augmentation (small sets, the demo)."""
 
@@ -67,7 +72,10 @@ class DataConfig(ClipSampling, Augmentation):
 
     @property
     def spec_stats(self) -> tuple[float, float]:
-        if self.normalisation == "custom":
+        if self.normalisation == "dataset" and (self.spec_mean is None or self.spec_std is None):
+            raise ConfigError("data.normalisation 'dataset': the statistics are measured when training starts; "
+                              "give data.spec_mean and data.spec_std to use them elsewhere")
+        if self.normalisation in ("custom", "dataset"):
             return (float(self.spec_mean), float(self.spec_std))
         return NORMALISATION_STATS[self.normalisation]
 
@@ -173,11 +181,13 @@ class Config(Schema):
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_yaml())
 
-    def preprocessor(self, class_names: list[str] | None = None) -> PreprocessorConfig:
+    def preprocessor(self, class_names: list[str] | None = None, *,
+                     stats: tuple[float, float] | None = None) -> PreprocessorConfig:
         """The model's preprocessing, derived from this run: data.* sampling / augmentation as they are, frames,
-        image size and spectrogram size from model.*, the normalisation statistics resolved."""
+        image size and spectrogram size from model.*, the normalisation statistics resolved (or `stats`, for uses
+        that only need the windows)."""
         shared = set(ClipSampling.model_fields) | set(Augmentation.model_fields)
-        mean, std = self.data.spec_stats
+        mean, std = stats if stats is not None else self.data.spec_stats
         media_modalities = tuple(m for m in self.model.modalities if m in ("video", "audio"))
         return PreprocessorConfig(
             **{key: getattr(self.data, key) for key in shared},

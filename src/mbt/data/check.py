@@ -26,6 +26,7 @@ import numpy as np
 from mbt.config import Config, build_config
 from mbt.data.manifest import ManifestRow, read_classes, read_manifest
 from mbt.data.parallel import map_with_progress
+from mbt.data.window import fit_window, probe_durations
 from mbt.media.decode import (
     AUDIO_GAP_S,
     PAD_TOLERANCE_S,
@@ -323,6 +324,7 @@ class CheckReport:
     warnings: list[dict[str, Any]] = field(default_factory=list)
     manifest: str = ""
     notes: list[str] = field(default_factory=list)  # what was not checked, and why
+    window: dict[str, Any] | None = None  # how the config's input windows fit the clips (mbt.data.window)
 
     @property
     def ok(self) -> int:
@@ -333,7 +335,7 @@ class CheckReport:
         return {"ok": self.ok, "rows": self.rows, "problems": self.problems, "warnings": self.warnings,
                 "counts": {"problems": dict(Counter(p["kind"] for p in self.problems)),
                            "warnings": dict(Counter(w["kind"] for w in self.warnings))},
-                "manifest": self.manifest, "notes": self.notes}
+                "manifest": self.manifest, "notes": self.notes, "window": self.window}
 
     def summary(self, limit: int = 20) -> str:
         lines = [f"{self.rows} rows: {self.ok} usable, {len({p['line'] for p in self.problems})} with problems, "
@@ -357,7 +359,7 @@ def check_manifest(manifest: str | Path, cfg: Config | None = None, *, classes: 
     `classes` (a classes file), check the labels against it; `check_label_count` also checks the number of labels
     a row has against cfg's model.multi_label / class_splits."""
     cfg = cfg or build_config()
-    window = cfg.preprocessor()
+    window = cfg.preprocessor(stats=(0.0, 1.0))  # the windows, not the statistics
     rows = read_manifest(manifest)
     report = CheckReport(len(rows), manifest=str(manifest))
     if not rows:
@@ -382,4 +384,9 @@ def check_manifest(manifest: str | Path, cfg: Config | None = None, *, classes: 
         for kind, reason in finding.warnings:
             report.warnings.append({"path": finding.path, "kind": kind, "reason": reason, "line": finding.line})
     report.problems.sort(key=lambda p: p["line"])
+    fit = fit_window(window, probe_durations(rows), cfg.model.spec_patch[0])
+    if fit is not None:
+        report.window = fit.to_json()
+        if fit.needs_note:
+            report.notes.append(f"input windows: {fit.describe()}")
     return report

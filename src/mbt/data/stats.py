@@ -78,7 +78,7 @@ def spectrogram_stats(manifest: str | Path, cfg: Config | None = None, *, max_cl
     if max_clips < 1:
         raise ValueError(f"--max-clips must be >= 1, got {max_clips}")
     # mean 0 / std 1 turns the preprocessor's normalisation off: the statistics are of the raw front end
-    window = (cfg or build_config()).preprocessor().replace(spec_mean=0.0, spec_std=1.0)
+    window = (cfg or build_config()).preprocessor(stats=(0.0, 1.0))
     rows = read_manifest(manifest)
     if len(rows) > max_clips:
         rows = [rows[i] for i in sorted(random.Random(seed).sample(range(len(rows)), max_clips))]

@@ -25,6 +25,7 @@ from mbt.data.cache import InMemoryClips
 from mbt.data.compact import read_compact_manifest
 from mbt.data.datasets import ClipDataset, ClipLog, collate
 from mbt.data.manifest import read_classes
+from mbt.data.window import fit_window, probe_durations
 from mbt.engine import distributed as D
 from mbt.engine.checkpoint import (
     Resumable,
@@ -33,6 +34,7 @@ from mbt.engine.checkpoint import (
     save_checkpoint,
     verify_checkpoint,
 )
+from mbt.engine.data_fit import resolve_data_settings
 from mbt.engine.evaluate import evaluate_dataset
 from mbt.engine.losses import dense_targets, mbt_loss
 from mbt.engine.memory import TRAINING_BYTES_PER_PARAMETER, check_model_fits
@@ -79,6 +81,7 @@ def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer
     return torch.optim.AdamW(groups, lr=cfg.train.lr)
 
 
+SMALL_SET_CLIPS = 5000  # below this, a from-scratch run is pointed to the small-data recipe
 SCRATCH = "scratch"  # train.init_from: start from random weights, said explicitly
 INIT_FILES = ("a from_pretrained directory, or an ImageNet-21k ViT-B/16: Google's ViT-B_16.npz (vit_jax), an augreg "
               ".npz (big_vision) or a timm-named .safetensors / .pth")
@@ -286,6 +289,20 @@ def _datasets(cfg: Config, class_names: list[str], preprocessor: Preprocessor, p
     return dataset, val_dataset, test_dataset, weights
 
 
+def log_data_fit(cfg: Config, rows, window) -> None:
+    """Before a new run: how the input windows fit the clips (a 2 s clip sampled as 0.64 s of video and an audio
+    window half padding is worth knowing before hours of training), and the small-data recipe for a from-scratch
+    run on a small set."""
+    fit = fit_window(window, probe_durations(rows, seed=cfg.train.seed), cfg.model.spec_patch[0])
+    if fit is not None:
+        (log.warning if fit.needs_note else log.info)("input windows: %s", fit.describe())
+    from_scratch = not cfg.train.init_from or cfg.train.init_from == SCRATCH
+    if from_scratch and len(rows) < SMALL_SET_CLIPS:
+        log.warning("training from scratch on %d clips (< %d): see the small-data recipe (`mbt train small-data`, "
+                    "README 'Training on a few hundred clips'); a transformer's defaults for large sets stall here",
+                    len(rows), SMALL_SET_CLIPS)
+
+
 def _resumable(cfg: Config, out_dir: Path) -> Resumable | None:
     """The newest checkpoint that verifies, its config compared with `cfg`; None for a run with no checkpoint."""
     found = list_checkpoints(out_dir)
@@ -312,6 +329,10 @@ def setup_run(cfg: Config, out_dir: str | Path, *, resume: bool = False, overwri
     info = D.setup_distributed()
     out_dir = Path(out_dir)
     class_names = resolve_classes(cfg)
+    if cfg.data.fit_windows or cfg.data.normalisation == "dataset":
+        if not cfg.data.train:
+            raise ValueError("data.train: a training manifest with at least one row is needed")
+        resolve_data_settings(cfg, read_compact_manifest(cfg.data.train), log_changes=info.is_main)
     tc = cfg.train
     if tc.batch_size % info.world_size:
         raise ConfigError(f"train.batch_size: {tc.batch_size} (the global batch) must be a multiple of the "
@@ -343,6 +364,8 @@ def _build_run(cfg: Config, out_dir: Path, info: D.DistInfo, class_names: list[s
     prep_cfg = cfg.preprocessor(class_names)
     dataset, val_dataset, test_dataset, sample_weights = _datasets(cfg, class_names, Preprocessor(prep_cfg),
                                                                    progress and info.is_main)
+    if info.is_main and resumable is None:
+        log_data_fit(cfg, dataset.rows, prep_cfg)
 
     torch.manual_seed(tc.seed)  # the same initial weights on every rank
     model = MBT(cfg.model)

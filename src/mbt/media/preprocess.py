@@ -99,6 +99,8 @@ class Preprocessor:
             if clip.audio.abs().max().item() < SILENCE_PEAK:
                 warnings.append("silent audio: the window's peak is below -80 dBFS")
             spec = self.spectrogram(clip.audio)
+            if train and cfg.time_shift:
+                spec = transforms.roll_time(spec, generator, cfg.time_shift)
             if train:
                 spec = transforms.spec_augment(spec, generator, cfg.freq_mask_count, cfg.freq_mask_width,
                                                cfg.time_mask_count, cfg.time_mask_width)

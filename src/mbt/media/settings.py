@@ -68,6 +68,9 @@ class Augmentation(Schema):
     """SpecAugment time masks per training clip (the official config's time masks are disabled: 0)."""
     time_mask_width: NonNegativeInt = 48
     """Largest width (frames) of a time mask."""
+    time_shift: NonNegativeInt = 0
+    """Largest circular shift (spectrogram frames, either way) of a training clip's spectrogram along time; AST's
+    roll augmentation uses 10. Teaches the audio stream that a sound may come at any moment (0: off)."""
 
     @model_validator(mode="after")
     def _check_jitter(self) -> Augmentation:

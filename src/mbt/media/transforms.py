@@ -177,6 +177,13 @@ def to_model_range(video: torch.Tensor, value_range: tuple[float, float] = (-1.0
     return video.mul(high - low).add_(low)
 
 
+def roll_time(spec: torch.Tensor, generator: torch.Generator | None, max_shift: int) -> torch.Tensor:
+    """A (T_spec, n_mels) spectrogram rolled along time by a shift drawn uniformly from {-max_shift, ..., max_shift}:
+    frames pushed off one end come back at the other, so nothing is lost and no padding is added (AST's roll)."""
+    shift = _randint(2 * max_shift + 1, generator) - max_shift
+    return torch.roll(spec, shifts=shift, dims=0) if shift else spec
+
+
 def spec_augment(spec: torch.Tensor, generator: torch.Generator | None = None, freq_mask_count: int = 1,
                  freq_mask_width: int = 48, time_mask_count: int = 0, time_mask_width: int = 48) -> torch.Tensor:
     """SpecAugment masks on a (T_spec, n_mels) spectrogram (lingvo's, as the official pipeline applies them).
