@@ -297,7 +297,8 @@ def log_data_fit(cfg: Config, rows, window) -> None:
     if fit is not None:
         (log.warning if fit.needs_note else log.info)("input windows: %s", fit.describe())
     from_scratch = not cfg.train.init_from or cfg.train.init_from == SCRATCH
-    if from_scratch and len(rows) < SMALL_SET_CLIPS:
+    fitted = cfg.data.fit_windows and cfg.data.normalisation == "dataset"  # the small-data recipe's settings
+    if from_scratch and not fitted and len(rows) < SMALL_SET_CLIPS:
         log.warning("training from scratch on %d clips (< %d): see the small-data recipe (`mbt train small-data`, "
                     "README 'Training on a few hundred clips'); a transformer's defaults for large sets stall here",
                     len(rows), SMALL_SET_CLIPS)
