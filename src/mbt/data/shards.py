@@ -334,9 +334,9 @@ def _index_beside(pattern: str) -> str:
 def _read_index(where: str, source: str) -> dict[str, Any]:
     try:
         if is_url(where):
-            from webdataset import gopen
+            from webdataset.gopen import gopen
 
-            with gopen.gopen(where) as handle:
+            with gopen(where) as handle:
                 text = handle.read().decode("utf-8")
         else:
             text = Path(where).read_text(encoding="utf-8")
