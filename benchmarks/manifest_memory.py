@@ -71,7 +71,8 @@ class StandInPreprocessor:
         import torch
 
         return SimpleNamespace(inputs={m: torch.full((1,), float(len(str(path)))) for m in modalities},
-                               warnings=())
+                               warnings=(), video_padded=False, audio_padded=False, video_pad_fraction=0.0,
+                               audio_pad_fraction=0.0)
 
 
 def child(manifest: Path, workers: int, batch_size: int, rows_as: str) -> dict:

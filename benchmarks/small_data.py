@@ -25,7 +25,6 @@ import sys
 import time
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from small_data_set import SetSpec, build_set  # noqa: E402
 from train_step import machine_info  # noqa: E402

@@ -119,3 +119,54 @@ def test_dataset_label_errors_match_for_compact_rows(tmp_path, text, multi_label
     with pytest.raises(ManifestError) as compact:
         _dataset(read_compact_manifest(path), ["cat", "dog"], multi_label=multi_label)
     assert str(compact.value) == str(expected.value)
+
+
+# ------------------------------------------------------------------------------------------------ the numpy path
+
+def _same(a: CompactManifest, b: CompactManifest) -> None:
+    for name in ("paths", "path_offsets", "label_ids", "label_offsets", "start", "end", "lines"):
+        assert np.array_equal(getattr(a, name), getattr(b, name), equal_nan=True), name
+    assert a.label_names == b.label_names and a.base == b.base
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_numpy_split_of_plain_files_equals_the_csv_reader(tmp_path, seed):
+    from mbt.data.compact import _csv_rows, _decode, _plain_rows
+
+    rng = np.random.default_rng(seed)
+    labels = ["/m/09x0r", "dog", "chien", "nïcode-inside", "a-much-longer-label-name", "x"]
+    times = seed % 2 == 1
+    lines = ["path,labels,start,end" if times else "path,labels"]
+    for i in range(300):
+        chosen = ";".join(rng.choice(labels, int(rng.integers(0, 4))))  # 0 labels too: an empty field
+        if rng.random() < 0.1:
+            chosen += ";"  # an empty part, dropped
+        line = f"media/{'é' if i % 7 == 0 else ''}clip_{i}.mp4,{chosen}"
+        if times:
+            start = float(rng.integers(0, 50))
+            line += "," + ("" if i % 5 == 0 else f"{start:g}") + "," + ("" if i % 3 == 0 else f"{start + 2.5:g}")
+        lines.append(line)
+        if rng.random() < 0.05:
+            lines.append("")  # blank lines are skipped, not counted
+    ending = "\r\n" if seed >= 4 else "\n"
+    text = ending.join(lines) + ("" if seed == 2 else ending)
+    path = _write(tmp_path, text)
+    plain = _plain_rows(_decode(path), path, True)
+    assert plain is not None  # these files take the numpy path...
+    _same(plain, _csv_rows(_decode(path), path, True))  # ... and give what the csv reader gives
+    assert list(plain) == read_manifest(path)
+
+
+@pytest.mark.parametrize("text", [
+    'path,labels\n"a,b.mp4",dog\n',  # quoted: the csv reader's
+    "path,labels\na.mp4,dog\nb.mp4,dog,extra\n",  # ragged
+    "path,labels\n a.mp4,dog\n",  # blanks round a path
+    "path,labels,path\na.mp4,dog,b.mp4\n",  # a repeated column: the last wins
+])
+def test_files_that_are_not_plain_take_the_csv_reader(tmp_path, text):
+    from mbt.data.compact import _csv_rows, _decode, _plain_rows
+
+    path = _write(tmp_path, text)
+    assert _plain_rows(_decode(path), path, True) is None
+    assert list(read_compact_manifest(path)) == read_manifest(path)
+    _same(read_compact_manifest(path), _csv_rows(_decode(path), path, True))

@@ -1,4 +1,4 @@
-"""`mbt data check|transcode|prepare|stats`: look after the media and manifests a model is trained on."""
+"""`mbt data check|transcode|shard|prepare|stats`: look after the media and manifests a model is trained on."""
 
 from __future__ import annotations
 
@@ -76,6 +76,21 @@ def run_transcode(args: argparse.Namespace) -> int:
     return 3 if report.output_failed else 1 if report.failed else 0
 
 
+# ==================================================================== shard
+def run_shard(args: argparse.Namespace) -> int:
+    from mbt.data.shards import parse_size, write_shards
+
+    transcode = ({"short_side": args.short_side, "gop": args.gop, "fps": args.fps} if args.transcode else None)
+    if transcode and (args.short_side < 2 or args.gop < 1 or (args.fps is not None and args.fps <= 0)):
+        raise ValueError(f"need --short-side >= 2, --gop >= 1 and --fps > 0; got {args.short_side}, {args.gop}, "
+                         f"{args.fps}")
+    # a manifest or index problem is exit 2, an unwritable shard exit 3 (mbt.cli)
+    report = write_shards(args.manifest, args.out, shard_size=parse_size(args.shard_size), transcode=transcode,
+                          order_seed=None if args.keep_order else args.seed, jobs=args.jobs)
+    print(report.summary())
+    return 1 if report.skipped else 0
+
+
 # ==================================================================== prepare
 def run_prepare(args: argparse.Namespace) -> int:
     from mbt.data import prepare
@@ -107,7 +122,7 @@ def run_stats(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    data = subparsers.add_parser("data", help="check, transcode, prepare manifests, spectrogram statistics",
+    data = subparsers.add_parser("data", help="check, transcode, shard, prepare manifests, spectrogram statistics",
                                  description="Tools for the media files and manifests a model is trained on.")
     sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
 
@@ -139,6 +154,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     transcode.add_argument("--fps", type=float, default=None, help="resample video to F frames/s (default: keep)")
     transcode.add_argument("--jobs", type=int, default=_default_jobs(), help="parallel files (default: %(default)s)")
     transcode.set_defaults(func=run_transcode)
+
+    shard = sub.add_parser("shard", help="write WebDataset tar shards + shards.json for streaming; resumable",
+                           description="Writes the manifest's rows as WebDataset tar shards DIR/<name>-NNNNNN.tar "
+                                       "(each sample: the media bytes as stored, or re-encoded with --transcode, and "
+                                       "its labels and start/end as JSON) in a shuffled order, and the index "
+                                       "DIR/shards.json (shard names, sample counts, classes, the manifest's "
+                                       "sha256). data.train / val / test and `mbt evaluate --manifest` take DIR. An "
+                                       "interrupted run continues where it stopped (finished shards are kept). "
+                                       "Rows whose file is missing or unreadable are left out and listed: exit 1.")
+    shard.add_argument("manifest", help="manifest CSV")
+    shard.add_argument("--out", required=True, metavar="DIR", help="output folder (one manifest per folder)")
+    shard.add_argument("--shard-size", default="1GB", metavar="SIZE",
+                       help="start a new shard past SIZE (1GB, 500MB, 256MiB; default %(default)s)")
+    shard.add_argument("--transcode", action="store_true",
+                       help="re-encode each file as `mbt data transcode` does (H.264 + AAC 16 kHz mono) first")
+    shard.add_argument("--short-side", type=int, default=256, help="--transcode: short side in px (default 256)")
+    shard.add_argument("--gop", type=int, default=16, help="--transcode: frames between keyframes (default 16)")
+    shard.add_argument("--fps", type=float, default=None, help="--transcode: frame rate (default: keep)")
+    shard.add_argument("--keep-order", action="store_true",
+                       help="write the rows in the manifest's order (default: shuffled, so that each shard mixes "
+                            "the classes)")
+    shard.add_argument("--seed", type=int, default=0, help="seed of the shuffled row order (default 0)")
+    shard.add_argument("--jobs", type=int, default=_default_jobs(),
+                       help="--transcode: parallel files (default: %(default)s)")
+    shard.set_defaults(func=run_shard)
 
     prep = sub.add_parser("prepare", help="build manifests from official annotation files",
                           description="Builds manifests and a classes file from official annotation files and a "

@@ -11,7 +11,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Evaluates N evenly spaced clips x M crops per video, logits averaged per video "
                                    "(official test: 4 clips, centre crop). Works under torchrun too.")
     p.add_argument("checkpoint", help="a from_pretrained directory (output of mbt train / mbt convert)")
-    p.add_argument("--manifest", required=True, help="CSV manifest: path,labels[,start,end]")
+    p.add_argument("--manifest", required=True,
+                   help="CSV manifest (path,labels[,start,end]), or shards of `mbt data shard` (their folder, a "
+                        "shard-list file, a brace pattern, a URL or pipe: command)")
     p.add_argument("--clips", type=int, default=4, help="evenly spaced clips per video (default 4)")
     p.add_argument("--crops", type=int, default=1, choices=(1, 3), help="1 = centre, 3 = left/centre/right")
     p.add_argument("--modalities", default=None,

@@ -169,7 +169,9 @@ def load_config(source: str | Path, overrides: list[str] | None = None) -> Confi
         data = dict(data)
         for key in MANIFEST_KEYS:
             value = data.get(key)
-            if isinstance(value, str) and not Path(value).is_absolute():
+            # a URL or `pipe:` command of shards is not a path in the YAML file's folder
+            if isinstance(value, str) and not Path(value).is_absolute() and not value.startswith("pipe:") \
+                    and "://" not in value:
                 data[key] = str((base / value).resolve())
         raw = {**raw, "data": data}
     try:

@@ -28,11 +28,15 @@ class DataConfig(ClipSampling, Augmentation):
     """Where the clips are and how they become inputs (the sampling and augmentation keys come from media)."""
 
     train: str | None = None
-    """Training manifest (CSV: path,labels[,start,end]); relative to the YAML file's folder."""
+    """Training manifest (CSV: path,labels[,start,end]), relative to the YAML file's folder; or shards of `mbt data
+    shard`: their folder, a shard-list file, a brace pattern (train-{000000..000511}.tar), a URL or pipe: command."""
     val: str | None = None
-    """Validation manifest, evaluated every train.eval_every_epochs with one centre clip."""
+    """Validation manifest (or shards), evaluated every train.eval_every_epochs with one centre clip."""
     test: str | None = None
-    """Test manifest."""
+    """Test manifest (or shards)."""
+    shuffle_buffer: Annotated[int, Field(ge=0)] = 512
+    """Shards: samples each loader worker shuffles at a time within a shard (memory: this x the mean sample size);
+    0 or 1 = the shards' own order (the shard order is still drawn per epoch)."""
     classes: str | None = None
     """Classes file: one class name a line; its line number is its index."""
     short_side: PositiveInt | None = None

@@ -148,6 +148,16 @@ class ClipDataset(Dataset):
             raise ManifestError(f"{where}: a single-label dataset needs exactly one label, got {list(row.labels)}")
         return [lookups[0][label] for label in row.labels]
 
+    def target_of(self, row: ManifestRow) -> torch.Tensor:
+        """The target of a row that is not in `rows` (a shard's sample); a ManifestError for a label the classes
+        (or class splits) do not know."""
+        indices = torch.tensor(self._label_indices(row, self._split_indices()), dtype=torch.int64)
+        if self.multi_label:
+            target = torch.zeros(len(self.class_names), dtype=torch.float32)
+            target[indices] = 1.0
+            return target
+        return indices if self.class_splits is not None else indices[0]
+
     @property
     def targets(self) -> Sequence[torch.Tensor]:
         """`targets[row]`: the row's target, built when asked (see the class docstring for its form)."""
@@ -181,8 +191,13 @@ class ClipDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} items")
-        row_index, position, crop = self.view(index)
-        row = self.rows[row_index]
+        row_index = index // self.views_per_row
+        return self.item(self.rows[row_index], row_index, index % self.views_per_row, self._target(row_index))
+
+    def item(self, row: ManifestRow, row_index: int, view: int, target: torch.Tensor) -> dict[str, Any]:
+        """The item of view `view` of `row` (a skip marker when unusable), `row_index` seeding its augmentation.
+        `__getitem__` calls it with the manifest's rows; the shard stream with rows whose path is `MediaBytes`."""
+        _, position, crop = self.view(row_index * self.views_per_row + view)
         missing: tuple[str, ...] = ()
         try:
             try:
@@ -209,8 +224,7 @@ class ClipDataset(Dataset):
             log.debug("%s: %s", row.path, warning)
         inputs = {m: sample.inputs[m] if m not in missing else blank_input(self.preprocessor.cfg, m)
                   for m in self.modalities}
-        item = {"inputs": inputs, "target": self._target(row_index), "row": row_index,
-                "view": index % self.views_per_row, "missing": missing}
+        item = {"inputs": inputs, "target": target, "row": row_index, "view": view, "missing": missing}
         if sample.video_padded or sample.audio_padded:
             item["padded"] = (str(row.path), sample.video_pad_fraction if sample.video_padded else 0.0,
                               sample.audio_pad_fraction if sample.audio_padded else 0.0)

@@ -16,6 +16,8 @@ from torch.utils.data import DataLoader
 from mbt.bars import bar
 from mbt.data.compact import read_compact_manifest
 from mbt.data.datasets import ClipDataset, collate
+from mbt.data.shard_stream import ShardStream
+from mbt.data.shards import is_shard_source
 from mbt.engine import distributed as D
 from mbt.engine.metrics import classification_metrics, write_per_class_ap
 from mbt.media.preprocess import Preprocessor
@@ -49,11 +51,16 @@ def evaluate_dataset(model: MBT, dataset: ClipDataset, *, batch_size: int = 8, n
     was_training = model.training
     model.eval()
     modalities = tuple(modalities or model.config.modalities)
-    indices = D.eval_indices(len(dataset), info)
-    batches = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
-    loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=collate)
+    streamed = isinstance(dataset, ShardStream)  # its targets are known once read: they come with the logits
+    if streamed:
+        loader = dataset.eval_loader(batch_size=batch_size, rank=info.rank, world=info.world_size,
+                                     num_workers=num_workers)
+    else:
+        indices = D.eval_indices(len(dataset), info)
+        batches = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
+        loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=collate)
     device = next(model.parameters()).device
-    local_rows, local_logits, local_skipped = [], [], []
+    local_rows, local_logits, local_skipped, local_targets = [], [], [], []
     for batch in bar(loader, enabled=progress and info.is_main, desc="evaluating", leave=False):
         local_skipped += [(row, path, kind, reason) for row, path, kind, reason in batch["skipped"]]
         if batch["target"] is None:
@@ -68,17 +75,22 @@ def evaluate_dataset(model: MBT, dataset: ClipDataset, *, batch_size: int = 8, n
                                   "the model's logits for this clip are not finite"))
         local_rows.append(batch["row"][finite].numpy())
         local_logits.append(logits[finite].numpy())
+        if streamed:
+            local_targets.append(batch["target"][finite].numpy())
     if was_training:
         model.train()
 
-    gathered = D.gather_objects((local_rows, local_logits, local_skipped), info)
+    gathered = D.gather_objects((local_rows, local_logits, local_skipped, local_targets), info)
     if not info.is_main:
         return EvalResult({}, np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int64))
     num_classes = model.config.num_classes
     sums = np.zeros((len(dataset.rows), num_classes), dtype=np.float64)
     views = np.zeros(len(dataset.rows), dtype=np.int64)
     skipped_rows: dict[int, tuple[str, str, str]] = {}
-    for rows_list, logits_list, skipped in gathered:
+    row_targets: dict[int, np.ndarray] = {}
+    for rows_list, logits_list, skipped, targets_list in gathered:
+        for rows, targets in zip(rows_list, targets_list):
+            row_targets.update(zip(rows.tolist(), targets))
         for rows, logits in zip(rows_list, logits_list):
             np.add.at(sums, rows, logits)
             np.add.at(views, rows, 1)
@@ -89,7 +101,8 @@ def evaluate_dataset(model: MBT, dataset: ClipDataset, *, batch_size: int = 8, n
     if partial:
         log.warning("%d videos had some unusable views; their other views were averaged", len(partial))
     logits = (sums[evaluated] / views[evaluated, None]).astype(np.float32)
-    targets = _dense_targets(dataset, evaluated)
+    targets = (np.stack([row_targets[r] for r in evaluated.tolist()]) if streamed and len(evaluated)
+               else _dense_targets(dataset, evaluated))
     skipped = [skipped_rows[r] for r in sorted(skipped_rows) if views[r] == 0]
     for path, kind, reason in skipped:
         log.warning("not evaluated: %s (%s): %s", path, kind, reason)
@@ -125,10 +138,13 @@ def evaluate_checkpoint(checkpoint: str | Path, manifest: str | Path, *, num_cli
     unknown = [m for m in modalities if m not in model.config.modalities]
     if unknown:
         raise ValueError(f"--modalities: {unknown[0]!r} is not a modality of this model {model.config.modalities}")
-    dataset = ClipDataset(read_compact_manifest(manifest), class_names, preprocessor, train=False,
-                          modalities=modalities,
-                          multi_label=model.config.multi_label, class_splits=model.config.class_splits,
-                          num_clips=num_clips, num_crops=num_crops, on_missing_modality=on_missing_modality)
+    options = dict(modalities=modalities, multi_label=model.config.multi_label,
+                   class_splits=model.config.class_splits, num_clips=num_clips, num_crops=num_crops,
+                   on_missing_modality=on_missing_modality)
+    if is_shard_source(manifest):  # shards of `mbt data shard`: read in index order, each sample once
+        dataset = ShardStream(str(manifest), class_names, preprocessor, train=False, **options)
+    else:
+        dataset = ClipDataset(read_compact_manifest(manifest), class_names, preprocessor, train=False, **options)
     result = evaluate_dataset(model, dataset, batch_size=batch_size, num_workers=num_workers, info=info,
                               modalities=modalities, progress=progress, fuse=fuse)
     D.cleanup(info)

@@ -25,6 +25,8 @@ from mbt.data.cache import InMemoryClips
 from mbt.data.compact import read_compact_manifest
 from mbt.data.datasets import ClipDataset, ClipLog, collate
 from mbt.data.manifest import read_classes
+from mbt.data.shard_stream import ShardStream, batch_sizes
+from mbt.data.shards import is_shard_source
 from mbt.data.window import fit_window, probe_durations
 from mbt.engine import distributed as D
 from mbt.engine.checkpoint import (
@@ -231,7 +233,7 @@ class Run:
     model: MBT
     ddp_model: torch.nn.Module  # the model itself, or its DistributedDataParallel wrapper
     optimizer: torch.optim.Optimizer
-    dataset: Any  # ClipDataset, or InMemoryClips with data.cache
+    dataset: Any  # ClipDataset, InMemoryClips with data.cache, or ShardStream (shards)
     val_dataset: Any
     sample_weights: torch.Tensor | None
     local_batch: int
@@ -258,6 +260,8 @@ class Run:
 
 
 def _datasets(cfg: Config, class_names: list[str], preprocessor: Preprocessor, progress: bool):
+    if any(is_shard_source(s) for s in (cfg.data.train, cfg.data.val, cfg.data.test)):
+        return _shard_datasets(cfg, class_names, preprocessor)
     tc, model_cfg = cfg.train, cfg.model
     rows = read_compact_manifest(cfg.data.train) if cfg.data.train else None
     if not rows:
@@ -304,6 +308,35 @@ def log_data_fit(cfg: Config, rows, window) -> None:
                     len(rows), SMALL_SET_CLIPS)
 
 
+def _shard_datasets(cfg: Config, class_names: list[str], preprocessor: Preprocessor):
+    """data.train / val / test as `ShardStream`s (a split given as a manifest is read as usual)."""
+    tc, model_cfg, dc = cfg.train, cfg.model, cfg.data
+    if dc.cache or tc.balanced_sampler:
+        key = "data.cache" if dc.cache else "train.balanced_sampler"
+        raise ConfigError(f"{key}: not available when the data are shards (they are streamed in order, not indexed)")
+    common = dict(modalities=model_cfg.modalities, multi_label=model_cfg.multi_label,
+                  class_splits=model_cfg.class_splits)
+    eval_missing = "mask" if dc.on_missing_modality == "mask" else "skip"
+
+    def split(source: str | None, *, train: bool, **options: Any):
+        if not source:
+            return None
+        if not is_shard_source(source):
+            return ClipDataset(read_compact_manifest(source), class_names, preprocessor, train=train, **common,
+                               **options)
+        return ShardStream(source, class_names, preprocessor, train=train, shuffle_buffer=dc.shuffle_buffer,
+                           **common, **options)
+
+    dataset = split(dc.train, train=True, on_missing_modality=dc.on_missing_modality, seed=tc.seed,
+                    max_pad_fraction=dc.max_pad_fraction)
+    if dataset is None or not len(dataset):
+        raise ValueError("data.train: a training manifest (or shards) with at least one row is needed")
+    val = split(dc.val, train=False, num_clips=1, num_crops=1, on_missing_modality=eval_missing)
+    test = split(dc.test, train=False, num_clips=dc.eval_clips, num_crops=dc.eval_crops,
+                 on_missing_modality=eval_missing)
+    return dataset, val, test, None
+
+
 def _resumable(cfg: Config, out_dir: Path) -> Resumable | None:
     """The newest checkpoint that verifies, its config compared with `cfg`; None for a run with no checkpoint."""
     found = list_checkpoints(out_dir)
@@ -333,6 +366,10 @@ def setup_run(cfg: Config, out_dir: str | Path, *, resume: bool = False, overwri
     if cfg.data.fit_windows or cfg.data.normalisation == "dataset":
         if not cfg.data.train:
             raise ValueError("data.train: a training manifest with at least one row is needed")
+        if is_shard_source(cfg.data.train):
+            key = "data.fit_windows" if cfg.data.fit_windows else "data.normalisation 'dataset'"
+            raise ConfigError(f"{key}: resolved from a manifest's clips, not shards; give the values it would set "
+                              "(`mbt data check` / `mbt data stats` on the manifest the shards were written from)")
         resolve_data_settings(cfg, read_compact_manifest(cfg.data.train), log_changes=info.is_main)
     tc = cfg.train
     if tc.batch_size % info.world_size:
@@ -365,7 +402,7 @@ def _build_run(cfg: Config, out_dir: Path, info: D.DistInfo, class_names: list[s
     prep_cfg = cfg.preprocessor(class_names)
     dataset, val_dataset, test_dataset, sample_weights = _datasets(cfg, class_names, Preprocessor(prep_cfg),
                                                                    progress and info.is_main)
-    if info.is_main and resumable is None:
+    if info.is_main and resumable is None and hasattr(dataset, "rows"):  # a manifest (shards: no random access)
         log_data_fit(cfg, dataset.rows, prep_cfg)
 
     torch.manual_seed(tc.seed)  # the same initial weights on every rank
@@ -429,6 +466,13 @@ def epoch_loader(run: Run, epoch: int, first_batch: int) -> tuple[DataLoader, in
     """The epoch's batches from `first_batch` on, and the epoch's number of batches."""
     tc = run.cfg.train
     run.dataset.set_epoch(epoch)
+    if isinstance(run.dataset, ShardStream):  # streamed: the same number of batches, planned per rank and worker
+        per_rank = -(-len(run.dataset) // run.info.world_size)
+        num_batches = min(len(batch_sizes(per_rank, run.local_batch)), run.steps_per_epoch * tc.grad_accum)
+        loader = run.dataset.loader(epoch=epoch, first_batch=first_batch, batch_size=run.local_batch,
+                                    rank=run.info.rank, world=run.info.world_size, num_workers=run.num_workers,
+                                    num_batches=num_batches)
+        return loader, num_batches
     indices = D.shard_indices(len(run.dataset), epoch, tc.seed, run.info, shuffle=True, weights=run.sample_weights)
     batches = epoch_batches(indices, run.local_batch, drop_last=True)[: run.steps_per_epoch * tc.grad_accum]
     # its own generator: a DataLoader would otherwise draw its worker seed from the global RNG, which would

@@ -15,6 +15,7 @@ zeros: what a window lacks is padded and measured (`Clip.*_pad_fraction`), and t
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 from collections.abc import Iterator, Sequence
@@ -175,20 +176,39 @@ class Clip:
     audio_pad_fraction: float = 0.0
 
 
+@dataclass(frozen=True)
+class MediaBytes:
+    """A media file held in memory (a WebDataset shard's sample), accepted wherever `decode_clip` takes a path:
+    FFmpeg reads it from a BytesIO (PyAV's av.open takes file-like objects). `name` stands for the path in
+    messages, e.g. "train-000003.tar:000000042"."""
+
+    name: str
+    data: bytes
+
+    def __str__(self) -> str:
+        return self.name
+
+
 @contextmanager
-def open_media(path: str | Path) -> Iterator[av.container.InputContainer]:
-    """Open a media file for decoding. Every way opening or decoding it can fail becomes a MediaError: the OS's
+def open_media(path: str | Path | MediaBytes) -> Iterator[av.container.InputContainer]:
+    """Open a media file (or `MediaBytes`) for decoding. Every way opening or decoding it can fail becomes a MediaError: the OS's
     reason, FFmpeg's, or a description of what the file is instead (a directory, a raw stream, text)."""
-    path = Path(path)
-    check_file(path)
+    if isinstance(path, MediaBytes):  # a shard's sample: decoded from memory, no temporary file
+        if not path.data:
+            raise MediaError("empty", path, "the sample's media bytes are empty (0 bytes)")
+        head, source = path.data[:16], io.BytesIO(path.data)
+    else:
+        path = Path(path)
+        check_file(path)
+        try:
+            # FFmpeg reports a permission problem as a generic I/O error; Python's open() names it.
+            with open(path, "rb") as fh:
+                head = fh.read(16)
+        except OSError as e:
+            raise MediaError("unreadable", path, f"cannot read the file: {e.strerror or e}") from None
+        source = str(path)
     try:
-        # FFmpeg reports a permission problem as a generic I/O error; Python's open() names it.
-        with open(path, "rb") as fh:
-            head = fh.read(16)
-    except OSError as e:
-        raise MediaError("unreadable", path, f"cannot read the file: {e.strerror or e}") from None
-    try:
-        container = av.open(str(path), metadata_errors="ignore")
+        container = av.open(source, metadata_errors="ignore")
     except DECODER_ERRORS as e:
         name = _container_name(head)
         if name is not None:
@@ -518,7 +538,7 @@ def _looped_audio(container: av.container.InputContainer, path: str | Path, orig
 
 
 def decode_clip(
-    path: str | Path,
+    path: str | Path | MediaBytes,
     *,
     num_frames: int,
     fps: float,
