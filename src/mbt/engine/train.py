@@ -43,6 +43,7 @@ from mbt.engine.schedule import warmup_cosine
 from mbt.errors import ConfigError, DataError, OutputError
 from mbt.fileio import check_writable_dir, describe_os_error, dumps, write_text
 from mbt.media.preprocess import Preprocessor
+from mbt.media.transforms import finish_video
 from mbt.model import MBT
 from mbt.model.fusion import describe_fusion
 
@@ -262,7 +263,7 @@ def _datasets(cfg: Config, class_names: list[str], preprocessor: Preprocessor, p
     dataset = ClipDataset(rows, class_names, preprocessor, train=not cfg.data.cache,
                           modalities=model_cfg.modalities, multi_label=model_cfg.multi_label,
                           class_splits=model_cfg.class_splits, on_missing_modality=cfg.data.on_missing_modality,
-                          seed=tc.seed, max_pad_fraction=cfg.data.max_pad_fraction)
+                          seed=tc.seed, max_pad_fraction=cfg.data.max_pad_fraction, deferred_video=True)
     # evaluation skips a clip it cannot use, unless its missing streams are to be masked
     eval_missing = "mask" if cfg.data.on_missing_modality == "mask" else "skip"
     val_dataset = test_dataset = None
@@ -410,7 +411,8 @@ def epoch_loader(run: Run, epoch: int, first_batch: int) -> tuple[DataLoader, in
     # its own generator: a DataLoader would otherwise draw its worker seed from the global RNG, which would
     # then differ between an uninterrupted and a resumed run (items draw their randomness from the epoch)
     loader = DataLoader(run.dataset, batch_sampler=batches[first_batch:], num_workers=run.num_workers,
-                        collate_fn=collate, generator=torch.Generator().manual_seed(tc.seed))
+                        collate_fn=collate, generator=torch.Generator().manual_seed(tc.seed),
+                        pin_memory=run.info.device.type == "cuda")  # pinned: the copies overlap the step
     return loader, len(batches)
 
 
@@ -433,6 +435,12 @@ def micro_step(run: Run, batch: dict[str, Any], state: TrainState, *, sync: bool
     if not usable:
         return 0
     inputs = {m: x.to(info.device, non_blocking=True) for m, x in batch["inputs"].items()}
+    if "colour" in batch:  # the loader sent uint8 crops and colour draws: floats and colour on the device
+        inputs["video"] = finish_video(inputs["video"], batch["colour"].to(info.device),
+                                       run.dataset.preprocessor.cfg.value_range)
+        lacking = batch.get("modality_mask", {}).get("video")
+        if lacking is not None:  # a missing stream's placeholder is zeros, as in evaluation
+            inputs["video"][~lacking.to(info.device)] = 0.0
     target = dense_targets(batch["target"], run.cfg.model).to(info.device)
     # issue 18: the clips' missing streams, then modality dropout (the mask keeps a dropped stream out)
     mask = drop_modalities(tc.modality_dropout, batch["row"], epoch=state.epoch, seed=tc.seed, streams=tuple(inputs),
