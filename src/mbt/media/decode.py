@@ -24,8 +24,8 @@ from pathlib import Path
 
 import av
 import numpy as np
-from av.video.reformatter import VideoReformatter
 import torch
+from av.video.reformatter import VideoReformatter
 
 from mbt.media.transforms import short_side_shape
 
