@@ -68,10 +68,12 @@ def test_finish_video_gives_each_clip_the_loader_side_result():
         colours.append(colour)
     colours = torch.stack(colours)
     assert {0.0, 1.0} <= set(colours[:, 0].tolist()) and 1.0 in colours[:, 5].tolist()
-    batch_side = T.finish_video(torch.stack(crops), colours, (-1.0, 1.0))
-    assert batch_side.shape == (16, 3, 8, 64, 64) and batch_side.is_contiguous()
-    for seed in range(16):
-        torch.testing.assert_close(batch_side[seed], loader_side[seed], atol=1e-6, rtol=0)
+    # finish_video goes clip by clip on the CPU; finish_batch is the whole-batch computation a GPU runs
+    for finish in (T.finish_video, T.finish_batch):
+        batch_side = finish(torch.stack(crops), colours, (-1.0, 1.0))
+        assert batch_side.shape == (16, 3, 8, 64, 64) and batch_side.is_contiguous()
+        for seed in range(16):
+            torch.testing.assert_close(batch_side[seed], loader_side[seed], atol=1e-6, rtol=0)
     # without parameters only the conversion: the evaluation path's numbers
     plain = T.finish_video(torch.stack(crops[:2]), None, (-1.0, 1.0))
     assert torch.equal(plain[0], T.to_model_range(T.to_float(crops[0])))
