@@ -258,6 +258,38 @@ def blank_input(cfg: PreprocessorConfig, modality: str, *, deferred: bool = Fals
     return torch.zeros(cfg.spec_frames, cfg.num_mel_bins)
 
 
+# glibc malloc returns every freed block above 128 KB to the OS (mmap threshold), so a fresh worker re-faults the
+# pages of each clip's frames, resized copies and batch (2,800 page faults a training clip, ~10 % of its CPU time).
+# Raising the thresholds keeps the freed memory for the next clip; the heap stays at one clip's working set.
+_MALLOC_KEEP_BYTES = 256 << 20
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
+
+
+def loader_worker_init(worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: keep freed memory in the worker's heap (glibc; elsewhere nothing happens)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (musl, macOS): its allocator's defaults stay
+        return
+    mallopt(_M_MMAP_THRESHOLD, _MALLOC_KEEP_BYTES // 8)  # at most 32 MB: glibc's own ceiling for it
+    mallopt(_M_TRIM_THRESHOLD, _MALLOC_KEEP_BYTES)
+
+
+def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """torch.stack; in a DataLoader worker straight into shared memory, as torch's default_collate does: the batch
+    is then sent to the main process without a second copy of every clip (4.8 MB of uint8 video, 19 MB as floats)."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.stack(tensors)
+    first = tensors[0]
+    storage = first._typed_storage()._new_shared(len(tensors) * first.numel(), device=first.device)
+    out = first.new(storage).resize_(len(tensors), *first.shape)
+    return torch.stack(tensors, out=out)
+
+
 def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Stack the usable items; `skipped` lists (row, path, kind, reason) of the others, `padded` (row, path, video
     fraction, audio fraction) of the usable items that were padded beyond the tolerance.
@@ -269,8 +301,8 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     skipped = [(item["row"], item["path"], item["kind"], item["skipped"]) for item in items if "skipped" in item]
     lacking = {m for item in usable for m in item.get("missing", ())}
     batch: dict[str, Any] = {
-        "inputs": {m: torch.stack([item["inputs"][m] for item in usable]) for m in (usable[0]["inputs"]
-                                                                                     if usable else ())},
+        "inputs": {m: _stack([item["inputs"][m] for item in usable]) for m in (usable[0]["inputs"]
+                                                                                if usable else ())},
         "target": torch.stack([item["target"] for item in usable]) if usable else None,
         "row": torch.tensor([item["row"] for item in usable], dtype=torch.int64),
         "view": torch.tensor([item["view"] for item in usable], dtype=torch.int64),

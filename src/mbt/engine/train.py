@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from mbt.config import Config
 from mbt.data.cache import InMemoryClips
 from mbt.data.compact import read_compact_manifest
-from mbt.data.datasets import ClipDataset, ClipLog, collate
+from mbt.data.datasets import ClipDataset, ClipLog, collate, loader_worker_init
 from mbt.data.manifest import read_classes
 from mbt.engine import distributed as D
 from mbt.engine.checkpoint import (
@@ -412,7 +412,8 @@ def epoch_loader(run: Run, epoch: int, first_batch: int) -> tuple[DataLoader, in
     # then differ between an uninterrupted and a resumed run (items draw their randomness from the epoch)
     loader = DataLoader(run.dataset, batch_sampler=batches[first_batch:], num_workers=run.num_workers,
                         collate_fn=collate, generator=torch.Generator().manual_seed(tc.seed),
-                        pin_memory=run.info.device.type == "cuda")  # pinned: the copies overlap the step
+                        pin_memory=run.info.device.type == "cuda",  # pinned: the copies overlap the step
+                        worker_init_fn=loader_worker_init)
     return loader, len(batches)
 
 
