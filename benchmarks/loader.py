@@ -20,7 +20,8 @@ decode audio, crop/resize (+ flip), colour, float/normalise, fbank (+ SpecAugmen
 file, so they add up to slightly more than the loader's one open. Also a comparison of PyAV decoder threads (one
 thread vs thread_type AUTO) in CPU time and wall time.
 
-    PYTHONPATH=src python benchmarks/loader.py [--workers 2] [--files 16] [--epochs 4] [--media DIR] [--quick]
+    PYTHONPATH=src python benchmarks/loader.py [--workers 2] [--files 16] [--epochs 4] [--media DIR]
+        [--device cpu|cuda] [--quick]
 
 Prints JSON and saves it to benchmarks/results/loader-<machine>.json (not with --quick).
 """
@@ -130,26 +131,32 @@ def worker_startup(workers: int) -> float:
     return (child_cpu() - before) / workers
 
 
-def loader_pass(rows: list[ManifestRow], *, train: bool, workers: int, epochs: int) -> dict:
-    """Clips through the DataLoader: worker CPU time per clip, main-process CPU time, finish_video on this CPU."""
+def loader_pass(rows: list[ManifestRow], *, train: bool, workers: int, epochs: int, device: str = "cpu") -> dict:
+    """Clips through the DataLoader: worker CPU time per clip, main-process CPU time, and finish_video on `device`
+    (CPU time on the CPU; on CUDA the wall time of the copy + finish, synchronised)."""
     pre = Preprocessor(PAPER)
     dataset = ClipDataset(rows, CLASSES, pre, train=train, modalities=("video", "audio"), seed=0,
                           num_clips=4, deferred_video=True)
     items = Epochs(dataset, epochs if train else 1)
     order = torch.randperm(len(items), generator=torch.Generator().manual_seed(0)).tolist()
     batches = [order[i:i + BATCH] for i in range(0, len(order), BATCH)]
+    cuda = device == "cuda"
     loader = DataLoader(items, batch_sampler=batches, num_workers=workers, collate_fn=collate,
-                        worker_init_fn=loader_worker_init)  # as the engine's
+                        worker_init_fn=loader_worker_init, pin_memory=cuda)  # as the engine's
     clips = skipped = 0
     finish_cpu = 0.0
-    before_children, before_main = child_cpu(), time.process_time()
+    before_children, before_main, before_wall = child_cpu(), time.process_time(), time.perf_counter()
     for batch in bar(loader, desc="train" if train else "eval", leave=False):
         clips += len(batch["row"])
         skipped += len(batch["skipped"])
-        if "colour" in batch:  # what the training device does with the batch, timed here on the CPU
-            started = time.process_time()
-            transforms.finish_video(batch["inputs"]["video"], batch["colour"], PAPER.value_range)
-            finish_cpu += time.process_time() - started
+        if "colour" in batch:  # what the training device does with the batch
+            started = time.perf_counter() if cuda else time.process_time()
+            transforms.finish_video(batch["inputs"]["video"].to(device, non_blocking=True),
+                                    batch["colour"].to(device), PAPER.value_range)
+            if cuda:
+                torch.cuda.synchronize()
+            finish_cpu += (time.perf_counter() if cuda else time.process_time()) - started
+    wall = time.perf_counter() - before_wall
     del loader  # the iterator is exhausted and its workers have exited: their CPU time is in RUSAGE_CHILDREN
     worker_cpu = child_cpu() - before_children
     main_cpu = time.process_time() - before_main - finish_cpu
@@ -158,8 +165,10 @@ def loader_pass(rows: list[ManifestRow], *, train: bool, workers: int, epochs: i
     return {"clips": clips, "workers": workers, "worker_cpu_s": round(worker_cpu, 3),
             "worker_cpu_ms_per_clip": round(1000 * worker_cpu / clips, 1),
             "clips_per_s_per_core": round(clips / worker_cpu, 2),
+            # the whole loader on the wall clock (all workers together, start-up included; busy machines slow it)
+            "wall_clips_per_s": round(clips / wall, 2),
             "main_process_cpu_ms_per_clip": round(1000 * main_cpu / clips, 1),
-            "finish_video_on_this_cpu_ms_per_clip": round(1000 * finish_cpu / clips, 1)}
+            f"finish_video_on_{device}_ms_per_clip": round(1000 * finish_cpu / clips, 2)}
 
 
 def train_spectrogram(pre: Preprocessor, wave: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -274,11 +283,15 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=16, help="source clips (default 16)")
     parser.add_argument("--epochs", type=int, default=4, help="training epochs over the files (default 4)")
     parser.add_argument("--media", type=Path, default=None, help="keep the generated clips here (reused)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where finish_video (floats + colour of each training batch) is timed")
     parser.add_argument("--quick", action="store_true", help="4 files, 1 epoch, nothing saved (a smoke run)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     if args.quick:
         args.files, args.epochs = 4, 1
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         media = args.media or Path(tmp) / "media"
@@ -286,7 +299,7 @@ def main() -> None:
         out = media / "transcoded"
         transcoded, defaults = transcode_with_defaults(manifest, out, jobs=min(args.workers, os.cpu_count() or 1))
         sources = {"originals": read_manifest(manifest), "transcoded": read_manifest(transcoded)}
-        result: dict = {"benchmark": "loader", "machine": machine(),
+        result: dict = {"benchmark": "loader", "machine": machine(), "workers": args.workers,
                         "inputs": {"video": "32 frames at stride 2 of 25 fps, 224 crop (short side 256, scale "
                                             "jitter 0.9-1.33, flip, colour jitter 0.8 / drop 0.1)",
                                    "audio": "8.015 s at 16 kHz, 800 x 128 Kaldi fbank, 1 frequency mask",
@@ -298,7 +311,8 @@ def main() -> None:
         for source, rows in sources.items():
             suffix = "" if source == "originals" else "_transcoded"
             for mode, train in (("train", True), ("eval", False)):
-                figures = loader_pass(rows, train=train, workers=args.workers, epochs=args.epochs)
+                figures = loader_pass(rows, train=train, workers=args.workers, epochs=args.epochs,
+                                      device=args.device)
                 result["loader"][f"{mode}_{source}"] = figures
                 result[f"{mode}_clips_per_s_per_core{suffix}"] = figures["clips_per_s_per_core"]
                 result["breakdown"][f"{mode}_{source}"] = breakdown(rows, train=train, epochs=1)
