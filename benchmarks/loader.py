@@ -29,6 +29,7 @@ Prints JSON and saves it to benchmarks/results/loader-<machine>.json (not with -
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -92,7 +93,8 @@ def transcode_with_defaults(manifest: Path, out: Path, jobs: int) -> tuple[Path,
     """`mbt data transcode MANIFEST --out OUT --jobs N`, through the command's own parser and defaults."""
     argv = ["data", "transcode", str(manifest), "--out", str(out), "--jobs", str(jobs)]
     args = build_parser().parse_args(argv)
-    code = args.func(args)
+    with contextlib.redirect_stdout(sys.stderr):  # its summary; stdout is the JSON
+        code = args.func(args)
     if code != 0:
         raise SystemExit(f"transcode failed (exit {code})")
     defaults = [f"--short-side {args.short_side}", f"--gop {args.gop}", f"--fps {args.fps:g}"]
