@@ -1,5 +1,5 @@
 """The pieces of a training run, each readable and testable alone: `setup_run` (data, model, optimiser, schedule),
-`restore` / `save_state` (checkpoints), `epoch_loader`, `micro_step` (forward + backward of one batch),
+`restore` / `save_state` (checkpoints), `epoch_loader`, `batch_inputs`, `micro_step` (forward + backward of one batch),
 `optimizer_step`, `validate`, `scheduled_test` and `finish`. The loop that wires them is the recipe
 `mbt.recipes.train`.
 
@@ -417,6 +417,20 @@ def epoch_loader(run: Run, epoch: int, first_batch: int) -> tuple[DataLoader, in
     return loader, len(batches)
 
 
+def batch_inputs(run: Run, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """A training batch's model inputs on the run's device. The loader sends video as uint8 crops with each clip's
+    colour draws (`batch["colour"]`): the floats and the colour are made here, on the device (`finish_video`)."""
+    device = run.info.device
+    inputs = {m: x.to(device, non_blocking=True) for m, x in batch["inputs"].items()}
+    if "colour" in batch:
+        inputs["video"] = finish_video(inputs["video"], batch["colour"].to(device),
+                                       run.dataset.preprocessor.cfg.value_range)
+        lacking = batch.get("modality_mask", {}).get("video")
+        if lacking is not None:  # a missing stream's placeholder is zeros, as in evaluation
+            inputs["video"][~lacking.to(device)] = 0.0
+    return inputs
+
+
 def micro_step(run: Run, batch: dict[str, Any], state: TrainState, *, sync: bool) -> int:
     """Forward and backward of one (micro-)batch, gradients scaled for accumulation; returns the clips used.
 
@@ -435,13 +449,7 @@ def micro_step(run: Run, batch: dict[str, Any], state: TrainState, *, sync: bool
             log.warning("batch dropped: another process had no usable clip in it")
     if not usable:
         return 0
-    inputs = {m: x.to(info.device, non_blocking=True) for m, x in batch["inputs"].items()}
-    if "colour" in batch:  # the loader sent uint8 crops and colour draws: floats and colour on the device
-        inputs["video"] = finish_video(inputs["video"], batch["colour"].to(info.device),
-                                       run.dataset.preprocessor.cfg.value_range)
-        lacking = batch.get("modality_mask", {}).get("video")
-        if lacking is not None:  # a missing stream's placeholder is zeros, as in evaluation
-            inputs["video"][~lacking.to(info.device)] = 0.0
+    inputs = batch_inputs(run, batch)
     target = dense_targets(batch["target"], run.cfg.model).to(info.device)
     # issue 18: the clips' missing streams, then modality dropout (the mask keeps a dropped stream out)
     mask = drop_modalities(tc.modality_dropout, batch["row"], epoch=state.epoch, seed=tc.seed, streams=tuple(inputs),
