@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install clean bench-gpu
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q tests
+
+# CUDA training step + inference, the loader with every core, and whether it keeps up (needs a GPU)
+bench-gpu: $(VENV)/.installed
+	PYTHON=$(BIN)/python benchmarks/gpu.sh
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests benchmarks

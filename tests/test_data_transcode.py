@@ -146,3 +146,24 @@ def test_a_full_disk_fails_the_file_as_an_output_error_and_exits_3(sources, tmp_
     monkeypatch.undo()
     assert not [p for p in (tmp_path / "out").rglob("*") if p.name.endswith(".part")]
     assert not os.path.exists(tmp_path / "out" / "a.mp4")
+
+
+def test_default_transcode_stores_the_sampled_rate_and_the_loader_reads_the_same_frames(tmp_path, capsys):
+    """Issue 19: the command's defaults write 12.5 fps (stride 2 of 25 fps); decoding picks frames by timestamp,
+    so the paper's sampling (fps 25, frame_stride 2) reads the same source frames from the smaller file."""
+    from mbt.media.decode import decode_clip
+
+    source = write_av(tmp_path / "src.mp4", seconds=4.0, size=(160, 120), fps=25, gop=50).path
+    write_manifest(tmp_path / "m.csv", [ManifestRow(source, ("dog",))])
+    assert main(["data", "transcode", str(tmp_path / "m.csv"), "--out", str(tmp_path / "out"), "--jobs", "1"]) == 0
+    info = probe(tmp_path / "out" / "src.mp4")
+    assert info.fps == pytest.approx(12.5) and len(packet_times(tmp_path / "out" / "src.mp4")) == 50
+    assert (info.width, info.height) == (160, 120)  # never enlarged (the default short side is 340)
+    for start in (0.0, 0.8, 1.6):  # windows starting on the 12.5 fps grid
+        window = dict(num_frames=8, fps=25.0, frame_stride=2, audio_seconds=1.0, start=start, position=0.0,
+                      audio=False)
+        original = decode_clip(source, **window).video.numpy()
+        stored = decode_clip(tmp_path / "out" / "src.mp4", **window).video.numpy()
+        expected = [round(start * 25) + 2 * i for i in range(8)]
+        assert [read_marker(f) for f in original] == expected
+        assert [read_marker(f) for f in stored] == expected

@@ -27,7 +27,15 @@ from mbt.engine import distributed as D
 from mbt.engine.losses import dense_targets, mbt_loss
 from mbt.engine.mixup import mixup
 from mbt.engine.modality_dropout import drop_modalities, sample_draw
-from mbt.engine.train import TrainState, epoch_loader, micro_step, optimizer_step, scheduled_test, setup_run
+from mbt.engine.train import (
+    TrainState,
+    batch_inputs,
+    epoch_loader,
+    micro_step,
+    optimizer_step,
+    scheduled_test,
+    setup_run,
+)
 from media_factory import write_av
 
 REPO = Path(__file__).resolve().parents[1]
@@ -245,7 +253,7 @@ def test_masked_training_uses_incomplete_clips_and_their_placeholders_reach_noth
     target = dense_targets(batch["target"], cfg.model)
 
     def loss_with(placeholder: float) -> torch.Tensor:
-        inputs = {m: x.clone() for m, x in batch["inputs"].items()}
+        inputs = batch_inputs(run, batch)  # the model's floats (the loader sends uint8 video crops)
         inputs["audio"][8] = placeholder
         inputs["video"][9] = placeholder
         return mbt_loss(model(**inputs, modality_mask=batch["modality_mask"]), target, cfg.model)
@@ -325,6 +333,6 @@ def test_training_with_full_audio_dropout_is_training_the_video_stream_alone(toy
     audio_grads = [p.grad for n, p in run.model.named_parameters() if n.startswith("tokenizers.audio")]
     assert all(g is not None and not g.any() for g in audio_grads)  # ran (DDP needs that), contributed nothing
     with torch.no_grad():
-        alone = mbt_loss(run.model(video=batch["inputs"]["video"]), dense_targets(batch["target"], cfg.model),
+        alone = mbt_loss(run.model(video=batch_inputs(run, batch)["video"]), dense_targets(batch["target"], cfg.model),
                          cfg.model)
     assert state.last_loss == pytest.approx(alone.item(), rel=1e-5)

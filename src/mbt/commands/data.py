@@ -70,8 +70,8 @@ def run_transcode(args: argparse.Namespace) -> int:
     from mbt.data.transcode import transcode_manifest
 
     # an output folder, manifest or report that cannot be written is an OSError: exit 3 (mbt.cli)
-    report = transcode_manifest(args.manifest, args.out, short_side=args.short_side, gop=args.gop, fps=args.fps,
-                                jobs=args.jobs)
+    report = transcode_manifest(args.manifest, args.out, short_side=args.short_side, gop=args.gop,
+                                fps=args.fps or None, jobs=args.jobs)
     print(report.summary())
     return 3 if report.output_failed else 1 if report.failed else 0
 
@@ -149,9 +149,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                            "Exit 1 when some input failed, 3 when outputs could not be written.")
     transcode.add_argument("manifest", help="manifest CSV")
     transcode.add_argument("--out", required=True, metavar="DIR", help="output folder (media + manifest)")
-    transcode.add_argument("--short-side", type=int, default=256, help="scale the short side to N px (default 256)")
+    # Defaults for the paper's sampling (32 frames at stride 2 of 25 fps, short side 256 jittered up to x1.33): the
+    # loader then decodes only frames it uses, at no more pixels than its largest scale jitter (issue 19).
+    transcode.add_argument("--short-side", type=int, default=340,
+                           help="scale the short side down to N px (default 340: 256 x the largest scale jitter "
+                                "1.33, so no training crop loses detail; never enlarges)")
     transcode.add_argument("--gop", type=int, default=16, help="frames between keyframes (default 16)")
-    transcode.add_argument("--fps", type=float, default=None, help="resample video to F frames/s (default: keep)")
+    transcode.add_argument("--fps", type=float, default=12.5,
+                           help="output frame rate (default 12.5: the frames a stride-2 sampling of 25 fps reads, "
+                                "data.fps / data.frame_stride; the loader picks frames by timestamp, so the run's "
+                                "config stays as it is); 0 keeps the source's rate")
     transcode.add_argument("--jobs", type=int, default=_default_jobs(), help="parallel files (default: %(default)s)")
     transcode.set_defaults(func=run_transcode)
 

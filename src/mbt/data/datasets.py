@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 
 from mbt.data.compact import CompactManifest, compact_label_indices
 from mbt.data.manifest import ManifestError, ManifestRow
+from mbt.media import transforms
 from mbt.media.decode import MediaError
 from mbt.media.preprocess import Preprocessor
 from mbt.media.settings import PreprocessorConfig
@@ -74,6 +75,10 @@ class ClipDataset(Dataset):
     modality) is more than `max_pad_fraction` is a skip of kind `too_much_padding` in either mode; None accepts any
     padding (evaluation: every view of a short clip is padded alike).
 
+    `deferred_video` (training only): an item's video is its uint8 (T, S, S, 3) crop and `item["colour"]` its colour
+    draws; `transforms.finish_video(batch video, batch["colour"])` on the training device makes the model inputs
+    (what the engine does: the loader's CPU time then goes to decoding, not to floats).
+
     `set_epoch` must reach the dataset the workers use: the engine calls it before creating each epoch's iterator
     (non-persistent workers copy the dataset then).
     """
@@ -81,7 +86,8 @@ class ClipDataset(Dataset):
     def __init__(self, rows: list[ManifestRow], class_names: list[str], preprocessor: Preprocessor, *,
                  train: bool, modalities: tuple[str, ...], multi_label: bool = False,
                  class_splits: tuple[int, ...] | None = None, num_clips: int = 1, num_crops: int = 1,
-                 on_missing_modality: str = "skip", seed: int = 0, max_pad_fraction: float | None = None):
+                 on_missing_modality: str = "skip", seed: int = 0, max_pad_fraction: float | None = None,
+                 deferred_video: bool = False):
         if on_missing_modality not in ON_MISSING_MODALITY:
             raise ValueError(f"on_missing_modality must be one of {ON_MISSING_MODALITY}, got {on_missing_modality!r}")
         if class_splits is not None and multi_label:
@@ -100,6 +106,7 @@ class ClipDataset(Dataset):
         self.max_pad_fraction = max_pad_fraction
         self.seed = seed
         self.epoch = 0
+        self.deferred_video = deferred_video and train
         # training samples one random clip per row; evaluation enumerates the views
         self.positions = eval_positions(1 if train else num_clips)
         self.crops = eval_crops(1 if train else num_crops)
@@ -222,9 +229,12 @@ class ClipDataset(Dataset):
             return {"skipped": reason, "kind": "too_much_padding", "row": row_index, "path": str(row.path)}
         for warning in sample.warnings:
             log.debug("%s: %s", row.path, warning)
-        inputs = {m: sample.inputs[m] if m not in missing else blank_input(self.preprocessor.cfg, m)
-                  for m in self.modalities}
+        inputs = {m: sample.inputs[m] if m not in missing else
+                  blank_input(self.preprocessor.cfg, m, deferred=self.deferred_video) for m in self.modalities}
         item = {"inputs": inputs, "target": target, "row": row_index, "view": view, "missing": missing}
+        if self.deferred_video and "video" in inputs:
+            item["colour"] = (sample.colour if sample.colour is not None
+                              else torch.tensor(transforms.IDENTITY_COLOUR, dtype=torch.float32))
         if sample.video_padded or sample.audio_padded:
             item["padded"] = (str(row.path), sample.video_pad_fraction if sample.video_padded else 0.0,
                               sample.audio_pad_fraction if sample.audio_padded else 0.0)
@@ -234,7 +244,7 @@ class ClipDataset(Dataset):
         if self.train:  # the same generator for a retry without a missing stream: still a function of the item
             generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch, row_index))
             return self.preprocessor(row.path, train=True, generator=generator, start=row.start, end=row.end,
-                                     modalities=modalities)
+                                     modalities=modalities, **({"deferred": True} if self.deferred_video else {}))
         return self.preprocessor(row.path, train=False, position=position, crop=crop, start=row.start, end=row.end,
                                  modalities=modalities)
 
@@ -252,11 +262,46 @@ class _RowTargets(Sequence):
         return self._dataset._target(row_index % len(self))
 
 
-def blank_input(cfg: PreprocessorConfig, modality: str) -> torch.Tensor:
-    """Zeros of a stream's input shape: the placeholder of a missing stream, which the modality mask keeps out."""
+def blank_input(cfg: PreprocessorConfig, modality: str, *, deferred: bool = False) -> torch.Tensor:
+    """Zeros of a stream's input shape: the placeholder of a missing stream, which the modality mask keeps out.
+    deferred: the video's uint8 (T, S, S, 3) crop shape (`finish_video` turns it into -1s, still masked out)."""
+    if modality == "video" and deferred:
+        return torch.zeros(cfg.num_frames, cfg.image_size, cfg.image_size, 3, dtype=torch.uint8)
     if modality == "video":
         return torch.zeros(3, cfg.num_frames, cfg.image_size, cfg.image_size)
     return torch.zeros(cfg.spec_frames, cfg.num_mel_bins)
+
+
+# glibc malloc returns every freed block above 128 KB to the OS (mmap threshold), so a fresh worker re-faults the
+# pages of each clip's frames, resized copies and batch (2,800 page faults a training clip, ~10 % of its CPU time).
+# Raising the thresholds keeps the freed memory for the next clip; the heap stays at one clip's working set.
+_MALLOC_KEEP_BYTES = 256 << 20
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
+
+
+def loader_worker_init(worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: keep freed memory in the worker's heap (glibc; elsewhere nothing happens)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (musl, macOS): its allocator's defaults stay
+        return
+    mallopt(_M_MMAP_THRESHOLD, _MALLOC_KEEP_BYTES // 8)  # at most 32 MB: glibc's own ceiling for it
+    mallopt(_M_TRIM_THRESHOLD, _MALLOC_KEEP_BYTES)
+
+
+def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """torch.stack; in a DataLoader worker straight into shared memory, as torch's default_collate does: the batch
+    is then sent to the main process without a second copy of every clip (4.8 MB of uint8 video, 19 MB as floats)."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.stack(tensors)
+    first = tensors[0]
+    storage = first._typed_storage()._new_shared(len(tensors) * first.numel(), device=first.device)
+    out = first.new(storage).resize_(len(tensors), *first.shape)
+    return torch.stack(tensors, out=out)
 
 
 def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -270,14 +315,16 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     skipped = [(item["row"], item["path"], item["kind"], item["skipped"]) for item in items if "skipped" in item]
     lacking = {m for item in usable for m in item.get("missing", ())}
     batch: dict[str, Any] = {
-        "inputs": {m: torch.stack([item["inputs"][m] for item in usable]) for m in (usable[0]["inputs"]
-                                                                                     if usable else ())},
+        "inputs": {m: _stack([item["inputs"][m] for item in usable]) for m in (usable[0]["inputs"]
+                                                                                if usable else ())},
         "target": torch.stack([item["target"] for item in usable]) if usable else None,
         "row": torch.tensor([item["row"] for item in usable], dtype=torch.int64),
         "view": torch.tensor([item["view"] for item in usable], dtype=torch.int64),
         "skipped": skipped,
         "padded": [(item["row"], *item["padded"]) for item in usable if "padded" in item],
     }
+    if usable and "colour" in usable[0]:  # deferred video: finish_video(batch["inputs"]["video"], batch["colour"])
+        batch["colour"] = torch.stack([item["colour"] for item in usable])
     if lacking:
         batch["modality_mask"] = {m: torch.tensor([m not in item.get("missing", ()) for item in usable])
                                   for m in sorted(lacking)}

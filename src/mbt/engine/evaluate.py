@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from mbt.bars import bar
 from mbt.data.compact import read_compact_manifest
-from mbt.data.datasets import ClipDataset, collate
+from mbt.data.datasets import ClipDataset, collate, loader_worker_init
 from mbt.data.shard_stream import ShardStream
 from mbt.data.shards import is_shard_source
 from mbt.engine import distributed as D
@@ -58,7 +58,8 @@ def evaluate_dataset(model: MBT, dataset: ClipDataset, *, batch_size: int = 8, n
     else:
         indices = D.eval_indices(len(dataset), info)
         batches = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
-        loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=collate)
+        loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=collate,
+                            worker_init_fn=loader_worker_init)
     device = next(model.parameters()).device
     local_rows, local_logits, local_skipped, local_targets = [], [], [], []
     for batch in bar(loader, enabled=progress and info.is_main, desc="evaluating", leave=False):

@@ -1,5 +1,5 @@
 """The pieces of a training run, each readable and testable alone: `setup_run` (data, model, optimiser, schedule),
-`restore` / `save_state` (checkpoints), `epoch_loader`, `micro_step` (forward + backward of one batch),
+`restore` / `save_state` (checkpoints), `epoch_loader`, `batch_inputs`, `micro_step` (forward + backward of one batch),
 `optimizer_step`, `validate`, `scheduled_test` and `finish`. The loop that wires them is the recipe
 `mbt.recipes.train`.
 
@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from mbt.config import Config
 from mbt.data.cache import InMemoryClips
 from mbt.data.compact import read_compact_manifest
-from mbt.data.datasets import ClipDataset, ClipLog, collate
+from mbt.data.datasets import ClipDataset, ClipLog, collate, loader_worker_init
 from mbt.data.manifest import read_classes
 from mbt.data.shard_stream import ShardStream, batch_sizes
 from mbt.data.shards import is_shard_source
@@ -47,6 +47,7 @@ from mbt.engine.schedule import warmup_cosine
 from mbt.errors import ConfigError, DataError, OutputError
 from mbt.fileio import check_writable_dir, describe_os_error, dumps, write_text
 from mbt.media.preprocess import Preprocessor
+from mbt.media.transforms import finish_video
 from mbt.model import MBT
 from mbt.model.fusion import describe_fusion
 
@@ -269,7 +270,7 @@ def _datasets(cfg: Config, class_names: list[str], preprocessor: Preprocessor, p
     dataset = ClipDataset(rows, class_names, preprocessor, train=not cfg.data.cache,
                           modalities=model_cfg.modalities, multi_label=model_cfg.multi_label,
                           class_splits=model_cfg.class_splits, on_missing_modality=cfg.data.on_missing_modality,
-                          seed=tc.seed, max_pad_fraction=cfg.data.max_pad_fraction)
+                          seed=tc.seed, max_pad_fraction=cfg.data.max_pad_fraction, deferred_video=True)
     # evaluation skips a clip it cannot use, unless its missing streams are to be masked
     eval_missing = "mask" if cfg.data.on_missing_modality == "mask" else "skip"
     val_dataset = test_dataset = None
@@ -478,8 +479,24 @@ def epoch_loader(run: Run, epoch: int, first_batch: int) -> tuple[DataLoader, in
     # its own generator: a DataLoader would otherwise draw its worker seed from the global RNG, which would
     # then differ between an uninterrupted and a resumed run (items draw their randomness from the epoch)
     loader = DataLoader(run.dataset, batch_sampler=batches[first_batch:], num_workers=run.num_workers,
-                        collate_fn=collate, generator=torch.Generator().manual_seed(tc.seed))
+                        collate_fn=collate, generator=torch.Generator().manual_seed(tc.seed),
+                        pin_memory=run.info.device.type == "cuda",  # pinned: the copies overlap the step
+                        worker_init_fn=loader_worker_init)
     return loader, len(batches)
+
+
+def batch_inputs(run: Run, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """A training batch's model inputs on the run's device. The loader sends video as uint8 crops with each clip's
+    colour draws (`batch["colour"]`): the floats and the colour are made here, on the device (`finish_video`)."""
+    device = run.info.device
+    inputs = {m: x.to(device, non_blocking=True) for m, x in batch["inputs"].items()}
+    if "colour" in batch:
+        inputs["video"] = finish_video(inputs["video"], batch["colour"].to(device),
+                                       run.dataset.preprocessor.cfg.value_range)
+        lacking = batch.get("modality_mask", {}).get("video")
+        if lacking is not None:  # a missing stream's placeholder is zeros, as in evaluation
+            inputs["video"][~lacking.to(device)] = 0.0
+    return inputs
 
 
 def micro_step(run: Run, batch: dict[str, Any], state: TrainState, *, sync: bool) -> int:
@@ -500,7 +517,7 @@ def micro_step(run: Run, batch: dict[str, Any], state: TrainState, *, sync: bool
             log.warning("batch dropped: another process had no usable clip in it")
     if not usable:
         return 0
-    inputs = {m: x.to(info.device, non_blocking=True) for m, x in batch["inputs"].items()}
+    inputs = batch_inputs(run, batch)
     target = dense_targets(batch["target"], run.cfg.model).to(info.device)
     # issue 18: the clips' missing streams, then modality dropout (the mask keeps a dropped stream out)
     mask = drop_modalities(tc.modality_dropout, batch["row"], epoch=state.epoch, seed=tc.seed, streams=tuple(inputs),

@@ -33,6 +33,9 @@ class Sample:
     warnings: list[str]
     video_pad_fraction: float = 0.0
     audio_pad_fraction: float = 0.0
+    # deferred=True: "video" is the (T, image_size, image_size, 3) uint8 crop and this the (6,) colour draws, for
+    # `transforms.finish_video` on the training device
+    colour: torch.Tensor | None = None
 
 
 # An audio window whose peak stays below this (-80 dBFS) is reported as silent.
@@ -60,7 +63,8 @@ class Preprocessor:
 
     def __call__(self, path: str | Path, *, train: bool = False, generator: torch.Generator | None = None,
                  position: float | None = None, crop: int = 1, start: float | None = None,
-                 end: float | None = None, modalities: tuple[str, ...] | None = None) -> Sample:
+                 end: float | None = None, modalities: tuple[str, ...] | None = None,
+                 deferred: bool = False) -> Sample:
         """Decode and transform one clip of `path`.
 
         train=True: random window position (from `generator`) unless given, scale-jittered random crop, flip,
@@ -68,6 +72,10 @@ class Preprocessor:
         crop `crop` (0 / 1 / 2 = left / centre / right), no augmentation. A requested modality the file lacks
         raises MediaError (no_video / no_audio): the dataset decides whether that is a skip or an error. So does
         a clip whose inputs would not be finite (`non_finite`): a NaN must never reach a model.
+
+        deferred=True (training): the video stops at the uint8 crop (flipped) and `Sample.colour` holds the colour
+        jitter's draws; `transforms.finish_video` of the collated batch gives, per clip, the same inputs as
+        deferred=False, on whatever device the batch is (float conversion and colour are most of a clip's CPU time).
         """
         cfg = self.cfg
         modalities = tuple(modalities) if modalities is not None else cfg.modalities
@@ -86,12 +94,16 @@ class Preprocessor:
         )
         inputs: dict[str, torch.Tensor] = {}
         warnings: list[str] = []
+        colour = None
         if clip.video is not None:
             seconds = cfg.num_frames * cfg.frame_stride / cfg.fps
             if clip.video_padded:
                 warnings.append(f"{clip.video_pad_fraction:.0%} of the {seconds:.2f} s video window at "
                                 f"{clip.video_start:.2f} s has no frame of its own: the nearest frame is repeated")
-            inputs["video"] = self.video_tensor(clip.video, train=train, generator=generator, crop=crop)
+            if train and deferred:
+                inputs["video"], colour = self.video_crop(clip.video, generator)
+            else:
+                inputs["video"] = self.video_tensor(clip.video, train=train, generator=generator, crop=crop)
         if clip.audio is not None:
             if clip.audio_padded:
                 warnings.append(f"{clip.audio_pad_fraction:.0%} of the {cfg.audio_seconds:.2f} s audio window at "
@@ -110,7 +122,7 @@ class Preprocessor:
             raise MediaError("non_finite", path, "the audio spectrogram holds NaN or infinite values")
         return Sample(inputs=inputs, video_padded=clip.video_padded, audio_padded=clip.audio_padded,
                       warnings=warnings, video_pad_fraction=clip.video_pad_fraction,
-                      audio_pad_fraction=clip.audio_pad_fraction)
+                      audio_pad_fraction=clip.audio_pad_fraction, colour=colour)
 
     def spectrogram(self, wave: torch.Tensor) -> torch.Tensor:
         """Front end + pad/crop to spec_frames + normalisation: (spec_frames, num_mel_bins) float32.
@@ -132,6 +144,18 @@ class Preprocessor:
                                frame_length_ms=FRAME_LENGTH_MS, frame_shift_ms=FRAME_SHIFT_MS)
         return log_mel(wave, sample_rate=cfg.sample_rate, num_mel_bins=cfg.num_mel_bins,
                        frame_length_ms=FRAME_LENGTH_MS, frame_shift_ms=FRAME_SHIFT_MS)
+
+    def video_crop(self, frames_uint8: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor,
+                                                                                             torch.Tensor]:
+        """Training geometry on uint8 frames, and the colour draws: ((T, S, S, 3) uint8 crop, (6,) parameters). The
+        same generator draws as `video_tensor(train=True)`, in the same order."""
+        cfg = self.cfg
+        frames = transforms.random_resized_crop(frames_uint8, cfg.image_size, cfg.scale_jitter, generator,
+                                                short_side=cfg.short_side)
+        if cfg.flip:
+            frames = transforms.random_flip(frames, generator)
+        # contiguous: the crop is a view of the whole resized clip, which would otherwise travel with it
+        return frames.contiguous(), transforms.draw_colour(generator, cfg.color_aug_prob, cfg.color_drop_prob)
 
     def video_tensor(self, frames_uint8: torch.Tensor, *, train: bool, generator: torch.Generator | None = None,
                      crop: int = 1) -> torch.Tensor:

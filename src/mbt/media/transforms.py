@@ -171,6 +171,73 @@ def color_drop(video: torch.Tensor, generator: torch.Generator | None = None, pr
     return (video * weights).sum(0, keepdim=True).expand_as(video).contiguous()
 
 
+# ------------------------------------------------------------------ colour per batch, on the training device
+# The colour jitter is most of a training clip's CPU time (HSV round trips over 4.8 M floats) and pointwise, so the
+# loader only draws its parameters (same generator, same draws in the same order as color_augment + color_drop)
+# and `finish_video` applies them to the collated uint8 batch where the model runs. One row per clip:
+COLOUR_FIELDS = ("apply", "brightness", "saturation", "contrast", "hue", "drop")
+IDENTITY_COLOUR = (0.0, 0.0, 1.0, 1.0, 0.0, 0.0)
+
+
+def draw_colour(generator: torch.Generator | None = None, prob: float = 0.8, drop_prob: float = 0.1,
+                brightness: float = 32 / 255, contrast: tuple[float, float] = (0.6, 1.4),
+                saturation: tuple[float, float] = (0.6, 1.4), hue: float = 0.2) -> torch.Tensor:
+    """The random draws of `color_augment` then `color_drop`, as a (6,) float32 row of COLOUR_FIELDS. The
+    generator ends in the state those two functions would leave it in, so later draws (SpecAugment) are unchanged."""
+    params = list(IDENTITY_COLOUR)
+    if torch.rand((), generator=generator).item() < prob:
+        params[:5] = [1.0, _uniform(-brightness, brightness, generator), _uniform(*saturation, generator),
+                      _uniform(*contrast, generator), _uniform(-hue, hue, generator)]
+    params[5] = float(torch.rand((), generator=generator).item() < drop_prob)
+    return torch.tensor(params, dtype=torch.float32)
+
+
+def apply_colour(video: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """`color_augment` then `color_drop` of (3, B, ...) float video in [0, 1] (clip b in [:, b]) with the (B, 6)
+    drawn `params`: the same operations in the same order, each clip's numbers its own row."""
+    shape = (1, params.shape[0], *([1] * (video.dim() - 2)))  # one value per clip, broadcast over its pixels
+    apply, bright, sat, contrast, hue, drop = (params[:, i].to(video).view(shape) for i in range(6))
+    out = video + bright
+    out = adjust_saturation(out, sat)
+    mean = out.mean(dim=(-2, -1), keepdim=True)
+    out = (out - mean) * contrast + mean
+    hsv = rgb_to_hsv(out)
+    hsv[0] = (hsv[0] + hue[0]) % 1.0
+    out = torch.where(apply > 0.5, hsv_to_rgb(hsv).clamp_(0.0, 1.0), video)
+    weights = video.new_tensor(_GREY_WEIGHTS).view(3, *([1] * (video.dim() - 1)))
+    return torch.where(drop > 0.5, (out * weights).sum(0, keepdim=True), out)
+
+
+def finish_video(frames: torch.Tensor, colour: torch.Tensor | None, value_range: tuple[float, float] = (-1.0, 1.0),
+                 ) -> torch.Tensor:
+    """A collated batch of uint8 crops (B, T, H, W, 3) -> (B, 3, T, H, W) float32 model inputs: `to_float`, the
+    clips' drawn colour jitter / drop (`colour` (B, 6) from `draw_colour`, or None for none) and `to_model_range`.
+    Runs wherever `frames` is (the training device): per clip the same numbers as the loader-side path."""
+    if frames.dim() != 5 or frames.shape[-1] != 3:
+        raise ValueError(f"expected (B, T, H, W, 3) frames, got {tuple(frames.shape)}")
+    if frames.device.type != "cpu":
+        return finish_batch(frames, colour, value_range)
+    # On the CPU one clip at a time: a whole batch's temporaries are hundreds of MB of fresh pages, whose faults
+    # cost more system time than the arithmetic (3x per clip at paper sizes); a GPU's caching allocator reuses.
+    out = torch.empty((frames.shape[0], 3, *frames.shape[1:4]), dtype=torch.float32)
+    for i in range(frames.shape[0]):
+        out[i] = finish_batch(frames[i:i + 1], None if colour is None else colour[i:i + 1], value_range)[0]
+    return out
+
+
+def finish_batch(frames: torch.Tensor, colour: torch.Tensor | None, value_range: tuple[float, float] = (-1.0, 1.0),
+                 ) -> torch.Tensor:
+    """`finish_video` of the whole batch at once (what runs on a GPU)."""
+    # (3, B, T, H, W): the colour functions' channel-first layout; one pass converts and reorders
+    video = torch.empty(frames.permute(4, 0, 1, 2, 3).shape, dtype=torch.float32, device=frames.device)
+    video.copy_(frames.permute(4, 0, 1, 2, 3))
+    video = video.div_(255.0) if frames.dtype == torch.uint8 else video
+    if colour is not None:
+        video = apply_colour(video, colour)
+    low, high = value_range
+    return video.transpose(0, 1).contiguous().mul_(high - low).add_(low)  # to_model_range, in place
+
+
 def to_model_range(video: torch.Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
     """Map [0, 1] to `value_range` (official: [-1, 1])."""
     low, high = value_range
