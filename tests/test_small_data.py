@@ -150,6 +150,7 @@ def test_training_start_reports_the_fit_and_points_small_sets_to_the_recipe(shor
     with caplog.at_level(logging.INFO, logger="mbt.train"):
         train(fitted, tmp_path / "fitted", progress=False, stop_after_steps=1)
     assert "data.fit_windows: model.spec_frames 400 -> 192" in caplog.text
+    assert "data.fit_windows: model.spec_frames 400 -> 192" in (tmp_path / "fitted" / "train.log").read_text()
     assert "training from scratch" not in caplog.text  # the recipe's run is not pointed to itself
     saved = (tmp_path / "fitted" / "train_config.yaml").read_text()
     assert "spec_frames: 192" in saved and "spec_mean:" in saved and "spec_mean: null" not in saved

@@ -13,7 +13,6 @@ them to the same values, and a config that already holds them (the run's own tra
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 from mbt.config import Config
@@ -21,13 +20,13 @@ from mbt.data.stats import spectrogram_stats
 from mbt.data.window import fit_window, probe_durations
 from mbt.errors import DataError
 
-log = logging.getLogger("mbt.train")
-
 STATS_CLIPS = 256  # clips the dataset statistics are measured over (a 256-clip sample is within 1% on AudioSet)
 
 
-def resolve_data_settings(cfg: Config, rows: Sequence, *, log_changes: bool = True) -> None:
-    """Fill in what `cfg` leaves to the data (in place; validated on assignment)."""
+def resolve_data_settings(cfg: Config, rows: Sequence) -> list[str]:
+    """Fill in what `cfg` leaves to the data (in place; validated on assignment); returns what was set, one line
+    each, for the run's log."""
+    changes: list[str] = []
     data, model = cfg.data, cfg.model
     if data.fit_windows:
         fit = fit_window(cfg.preprocessor(stats=(0.0, 1.0)), probe_durations(rows, seed=cfg.train.seed),
@@ -38,9 +37,8 @@ def resolve_data_settings(cfg: Config, rows: Sequence, *, log_changes: bool = Tr
             section, name = key.split(".")
             target = data if section == "data" else model
             if getattr(target, name) != value:
-                if log_changes:
-                    log.info("data.fit_windows: %s %s -> %s (median clip %.2f s)", key, getattr(target, name),
-                             value, fit.clip_seconds)
+                changes.append(f"data.fit_windows: {key} {getattr(target, name)} -> {value} "
+                               f"(median clip {fit.clip_seconds:.2f} s)")
                 setattr(target, name, value)
     if data.normalisation == "dataset" and (data.spec_mean is None or data.spec_std is None):
         stats = spectrogram_stats(data.train, cfg, max_clips=STATS_CLIPS, seed=cfg.train.seed, progress=False)
@@ -48,6 +46,6 @@ def resolve_data_settings(cfg: Config, rows: Sequence, *, log_changes: bool = Tr
             raise DataError(f"data.normalisation 'dataset': no clip of {data.train} gave a spectrogram "
                             "(`mbt data check` tells why)")
         data.spec_mean, data.spec_std = round(stats.spec_mean, 6), round(stats.spec_std, 6)
-        if log_changes:
-            log.info("data.normalisation 'dataset': spec_mean %.6g, spec_std %.6g over %d clips",
-                     data.spec_mean, data.spec_std, stats.clips)
+        changes.append(f"data.normalisation 'dataset': spec_mean {data.spec_mean:.6g}, spec_std "
+                       f"{data.spec_std:.6g} over {stats.clips} clips")
+    return changes

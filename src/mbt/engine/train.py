@@ -364,6 +364,7 @@ def setup_run(cfg: Config, out_dir: str | Path, *, resume: bool = False, overwri
     info = D.setup_distributed()
     out_dir = Path(out_dir)
     class_names = resolve_classes(cfg)
+    resolved: list[str] = []  # logged once the run's log file is open
     if cfg.data.fit_windows or cfg.data.normalisation == "dataset":
         if not cfg.data.train:
             raise ValueError("data.train: a training manifest with at least one row is needed")
@@ -371,7 +372,7 @@ def setup_run(cfg: Config, out_dir: str | Path, *, resume: bool = False, overwri
             key = "data.fit_windows" if cfg.data.fit_windows else "data.normalisation 'dataset'"
             raise ConfigError(f"{key}: resolved from a manifest's clips, not shards; give the values it would set "
                               "(`mbt data check` / `mbt data stats` on the manifest the shards were written from)")
-        resolve_data_settings(cfg, read_compact_manifest(cfg.data.train), log_changes=info.is_main)
+        resolved = resolve_data_settings(cfg, read_compact_manifest(cfg.data.train))
     tc = cfg.train
     if tc.batch_size % info.world_size:
         raise ConfigError(f"train.batch_size: {tc.batch_size} (the global batch) must be a multiple of the "
@@ -389,6 +390,8 @@ def setup_run(cfg: Config, out_dir: str | Path, *, resume: bool = False, overwri
         log_file = RunLogFile(out_dir, enabled=True)
         log.info("%s run in %s: %s", "resuming a" if resume else "a new", out_dir,
                  describe_fusion(cfg.model))
+        for line in resolved:
+            log.info("%s", line)
     try:
         return _build_run(cfg, out_dir, info, class_names, local_batch, resumable, log_file, progress)
     except BaseException:
