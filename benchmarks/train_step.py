@@ -115,9 +115,14 @@ def _worker(name: str, device: str, batch_size: int, threads: int, connection) -
     if threads:
         torch.set_num_threads(threads)
         torch.set_num_interop_threads(threads)
+    from mbt.data.datasets import loader_worker_init
     from mbt.engine.losses import mbt_loss
     from mbt.model import MBT
 
+    # glibc returns freed memory to the system and moves its mmap threshold as it goes, so the same step page-faults
+    # 45k to 580k times from one round to the next (measured): most of the round-to-round noise. Fixed thresholds
+    # (what the loader workers use) make every step of a configuration fault alike.
+    loader_worker_init(0)
     torch.manual_seed(0)
     cfg = model_config("mbt-base", CONFIGS[name])
     model = MBT(cfg).to(device).train()
