@@ -304,9 +304,9 @@ def log_data_fit(cfg: Config, rows, window) -> None:
     from_scratch = not cfg.train.init_from or cfg.train.init_from == SCRATCH
     fitted = cfg.data.fit_windows and cfg.data.normalisation == "dataset"  # the small-data recipe's settings
     if from_scratch and not fitted and len(rows) < SMALL_SET_CLIPS:
-        log.warning("training from scratch on %d clips (< %d): see the small-data recipe (`mbt train small-data`, "
-                    "README 'Training on a few hundred clips'); a transformer's defaults for large sets stall here",
-                    len(rows), SMALL_SET_CLIPS)
+        log.warning("training from scratch on %d clips (< %d): the small-data recipe (`mbt train small-data`) fits "
+                    "the windows and statistics to your clips; README 'Training on a few hundred clips' says what it "
+                    "reaches", len(rows), SMALL_SET_CLIPS)
 
 
 def _shard_datasets(cfg: Config, class_names: list[str], preprocessor: Preprocessor):
