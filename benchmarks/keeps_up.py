@@ -14,6 +14,8 @@ import platform
 import socket
 from pathlib import Path
 
+from mbt.fileio import dumps as strict_dumps
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -38,7 +40,7 @@ def main() -> None:
         cores = figures["clips_per_s_per_core"] * workers
         out[source] = {"loader_wall_clips_per_s": wall, "loader_cpu_bound_clips_per_s": round(cores, 1),
                        "loader_over_step": round(wall / step_clips, 2), "keeps_up": wall >= step_clips}
-    text = json.dumps(out, indent=1)
+    text = strict_dumps(out, indent=1)
     print(text)
     (args.results / f"keeps_up-{machine}.json").write_text(text + "\n")
 

@@ -23,6 +23,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "src"), str(REPO / "tests"), str(REPO / "benchmarks")]
+from mbt.fileio import dumps as strict_dumps  # noqa: E402
+
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
        "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
 
@@ -96,9 +98,8 @@ def main() -> None:
 
     result["machine"] = machine_info("cpu")
     if args.json:
-        import json
 
-        args.json.write_text(json.dumps(result))
+        args.json.write_text(strict_dumps(result))
     else:
         save_result(result, args.out, "kill_resume", "cpu")
     sys.exit(0 if result["bit_identical_to_uninterrupted"] else 1)

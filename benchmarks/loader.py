@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import resource
@@ -54,6 +53,7 @@ from mbt.bars import bar  # noqa: E402
 from mbt.cli import build_parser  # noqa: E402
 from mbt.data.datasets import ClipDataset, collate, epoch_seed, loader_worker_init  # noqa: E402
 from mbt.data.manifest import ManifestRow, read_manifest, write_manifest  # noqa: E402
+from mbt.fileio import dumps as strict_dumps  # noqa: E402
 from mbt.media import Preprocessor, PreprocessorConfig, transforms  # noqa: E402
 from mbt.media.decode import decode_clip  # noqa: E402
 from mbt.media.preprocess import _audio_window  # noqa: E402
@@ -322,7 +322,7 @@ def main() -> None:
     result["worker_startup_cpu_ms"] = round(1000 * worker_startup(args.workers), 1)
     result["targets"] = {"train_clips_per_s_per_core": 10, "train_clips_per_s_per_core_transcoded": 19}
     result["targets_met"] = all(result[k] >= v for k, v in result["targets"].items())
-    text = json.dumps(result, indent=1)
+    text = strict_dumps(result, indent=1)
     print(text)
     if not args.quick:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from mbt.fileio import dumps as strict_dumps
+
 GOAL_BYTES = 1.5e9  # above the empty-manifest baseline, parent + workers
 GOAL_STARTUP_S = 10.0
 NUM_CLASSES = 527
@@ -130,7 +132,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     if args.child is not None:
-        print(json.dumps(child(args.child, args.workers, args.batch_size, args.rows_as)))
+        print(strict_dumps(child(args.child, args.workers, args.batch_size, args.rows_as)))
         return
 
     sys.path.insert(0, str(Path(__file__).parent))

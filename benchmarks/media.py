@@ -18,7 +18,6 @@ temporary folder. Prints JSON and saves it to benchmarks/results/media-<machine>
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -36,6 +35,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from mbt.data.transcode import transcode_file  # noqa: E402
+from mbt.fileio import dumps as strict_dumps  # noqa: E402
 from mbt.media import Preprocessor, PreprocessorConfig, transforms  # noqa: E402
 from media_factory import write_av  # noqa: E402  (the tests' media writer)
 
@@ -175,7 +175,7 @@ def main() -> None:
             "speedup": round(after / original, 2),
         },
     }
-    text = json.dumps(result, indent=1)
+    text = strict_dumps(result, indent=1)
     print(text)
     if not args.quick:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,7 @@ from train_step import machine_info  # noqa: E402
 
 from mbt.config import load_config  # noqa: E402
 from mbt.engine.evaluate import evaluate_checkpoint  # noqa: E402
+from mbt.fileio import dumps as strict_dumps  # noqa: E402
 from mbt.fileio import write_json  # noqa: E402
 from mbt.recipes.train import train  # noqa: E402
 
@@ -137,7 +138,7 @@ def main() -> None:
     stem = f"small_data-{tag}-{socket.gethostname()}"
     write_json(RESULTS / f"{stem}.json", result, what="benchmark result")
     plot(curve, result, RESULTS / f"{stem}.png")
-    print(json.dumps({k: result[k] for k in ("tag", "test_top1", "targets") if k in result}, indent=1))
+    print(strict_dumps({k: result[k] for k in ("tag", "test_top1", "targets") if k in result}, indent=1))
     print(f"saved {RESULTS / stem}.json and .png")
 
 

@@ -257,7 +257,7 @@ def build_set(out_dir: str | Path, spec: SetSpec | None = None, *, jobs: int = 2
     root = Path(out_dir)
     names = class_names(spec)
     result = SmallSet(root, root / "train.csv", root / "test.csv", root / "classes.txt", names, root / "meta.csv")
-    wanted = json.dumps(asdict(spec), sort_keys=True, default=list)
+    wanted = json.dumps(asdict(spec), sort_keys=True, default=list, allow_nan=False)
     marker = root / MARKER
     if marker.is_file() and marker.read_text() == wanted:
         return result
@@ -296,7 +296,7 @@ def main() -> None:
     args = parser.parse_args()
     built = build_set(args.out, SetSpec(seed=args.seed, num_train=args.train, num_test=args.test,
                                         variant=args.variant), jobs=args.jobs)
-    print(json.dumps({k: str(v) for k, v in asdict(built).items()}, indent=1))
+    print(json.dumps({k: str(v) for k, v in asdict(built).items()}, indent=1, allow_nan=False))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ Prints JSON and saves it to benchmarks/results/train_step-<device>-<machine>.jso
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import platform
@@ -43,6 +42,7 @@ import torch
 
 from mbt.analysis.flops import count_flops
 from mbt.config import MBTConfig
+from mbt.fileio import dumps as strict_dumps
 
 CONFIGS = {  # name -> MBTConfig overrides on the mbt-base preset
     "bottleneck": dict(fusion="bottleneck", fusion_layer=8, num_bottlenecks=4),
@@ -76,7 +76,7 @@ def machine_info(device: str) -> dict:
 
 def save_result(output: dict, out_dir: Path, name: str, device: str) -> Path:
     """Print the JSON and save it as <out_dir>/<name>-<device>-<machine>.json."""
-    text = json.dumps(output, indent=1)
+    text = strict_dumps(output, indent=1)
     print(text)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}-{device}-{socket.gethostname() or platform.machine()}.json"

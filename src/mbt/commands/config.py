@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
+
+from mbt.fileio import dumps as strict_dumps
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,11 +37,11 @@ def run_keys(args: argparse.Namespace) -> int:
 
     docs = describe_keys()
     if args.json:
-        print(json.dumps([asdict(d) for d in docs], indent=1, allow_nan=False))
+        print(strict_dumps([asdict(d) for d in docs], indent=1))
         return 0
     key_width = max(len(d.key) for d in docs)
     type_width = min(max(len(d.type) for d in docs), 40)
     for d in docs:
-        print(f"{d.key:{key_width}s}  {d.type:{type_width}s}  default {json.dumps(d.default)}\n"
+        print(f"{d.key:{key_width}s}  {d.type:{type_width}s}  default {strict_dumps(d.default)}\n"
               f"{'':{key_width}s}  {d.help}")
     return 0

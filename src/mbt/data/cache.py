@@ -5,21 +5,21 @@ preprocessing)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from torch.utils.data import DataLoader, Dataset
 
 from mbt.bars import bar
 from mbt.data.datasets import ClipDataset
+from mbt.fileio import dumps as strict_dumps
 
 _MEMO: dict[str, list[dict[str, Any]]] = {}
 
 
 def _key(dataset: ClipDataset) -> str:
     rows = [(str(r.path), r.labels, r.start, r.end) for r in dataset.rows]
-    return json.dumps([rows, dataset.preprocessor.cfg.to_dict(), dataset.modalities, dataset.views_per_row,
-                       dataset.class_names, dataset.on_missing_modality], default=str)
+    return strict_dumps([rows, dataset.preprocessor.cfg.to_dict(), dataset.modalities, dataset.views_per_row,
+                         dataset.class_names, dataset.on_missing_modality], default=str)
 
 
 class InMemoryClips(Dataset):

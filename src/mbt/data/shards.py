@@ -37,6 +37,7 @@ from mbt.bars import bar
 from mbt.data.manifest import ManifestError, ManifestRow, read_manifest
 from mbt.errors import ConfigError, DataError
 from mbt.fileio import atomic_write, write_json
+from mbt.fileio import dumps as strict_dumps
 from mbt.media.decode import MediaError, check_file
 
 log = logging.getLogger("mbt.data")
@@ -177,7 +178,7 @@ def write_shards(manifest: str | Path, out: str | Path, *, shard_size: int = DEF
                             meta = {"labels": list(row.labels), "start": row.start, "end": row.end,
                                     "path": _relative(row.path, manifest.parent), "line": row.line}
                             tar.write({"__key__": f"{at:09d}", ext: data,
-                                       "json": json.dumps(meta).encode("utf-8")})
+                                       "json": strict_dumps(meta).encode("utf-8")})
                             written["samples"] += 1
                             written["bytes"] += size
                             classes.update(dict.fromkeys(row.labels))

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from mbt.errors import ConfigError
+from mbt.fileio import dumps as strict_dumps
 from mbt.fileio import write_json
 from mbt.interop.flax import LeafPool, dense_weight, flax_block, load_into, squarest_split
 from mbt.interop.msgpack_tree import CheckpointError, checkpoint_bytes, flatten, params_subtree, unpack_state
@@ -308,7 +309,7 @@ def _convert(path: str | Path, raw: bytes, overrides: dict[str, Any]) -> MBT:
     if missing:
         raise CheckpointError(f"{source}: the checkpoint has nothing for {missing[0]} ({len(missing)} parameters)")
     load_into(model, state, source, origins)
-    log.info("converted %s: %d leaves -> %s", source, len(leaves), json.dumps(cfg.to_dict()))
+    log.info("converted %s: %d leaves -> %s", source, len(leaves), strict_dumps(cfg.to_dict()))
     return model.eval()
 
 

@@ -23,6 +23,7 @@ from mbt.data.demo.tasks import (
 )
 from mbt.data.manifest import ManifestRow, write_classes, write_manifest
 from mbt.data.parallel import map_with_progress
+from mbt.fileio import dumps as strict_dumps
 from mbt.fileio import write_json
 from mbt.media.encode import write_mp4
 
@@ -60,7 +61,7 @@ def build_demo_set(root: str | Path, *, variant: str = "fusion", num_train: int 
     demo = DemoSet(folder, folder / "classes.txt", folder / "train.csv", folder / "val.csv", folder / "test.csv",
                    names, variant, folder / "meta.csv")
     params = {"version": GENERATOR_VERSION, **vars(fmt), **counts}
-    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(strict_dumps(params, sort_keys=True).encode()).hexdigest()[:16]
     plans = [plan for split in SPLITS for plan in plan_split(fmt, split, counts[split])]
     media = {plan: folder / "media" / f"{plan.split}_{plan.index:05d}.mp4" for plan in plans}
     if _is_complete(folder, digest, media.values()):
