@@ -82,8 +82,9 @@ def plot(curve: list[dict], result: dict, path: Path) -> None:
     right.set_xlabel("epoch")
     right.set_ylabel("top-1")
     right.legend(fontsize=8, loc="upper left")
-    fig.suptitle(f"mbt-tiny from scratch, {result['train_clips']} clips ({result['variant']}): {result['recipe']}",
-                 fontsize=10)
+    changed = f" + {' '.join(result['overrides'])}" if result["overrides"] else ""
+    fig.suptitle(f"mbt-tiny from scratch, {result['train_clips']} clips ({result['variant']}): "
+                 f"{result['recipe']}{changed}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

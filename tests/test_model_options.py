@@ -105,6 +105,7 @@ MASK_VARIANTS = {
     "late": dict(fusion_layer=4),
     "gap-vanilla": dict(fusion="vanilla", classifier="gap"),
     "gmp-bottleneck": dict(fusion="bottleneck", classifier="gmp"),
+    "gmp-per-stream": dict(fusion="bottleneck", classifier="gmp", pool_per_stream=True),
     "gsp-vanilla-shared": dict(fusion="vanilla", classifier="gsp", share_weights=True),
     "token-pre-logits": dict(fusion="bottleneck", representation_size=16),
 }
@@ -127,7 +128,7 @@ def test_a_masked_sample_gives_the_outputs_of_running_it_alone_without_the_strea
         for m, logits in expected.modality_logits.items():
             torch.testing.assert_close(out.modality_logits[m][i:i + 1], logits, atol=1e-5, rtol=1e-5)
     assert out.logits.isfinite().all()
-    if model.config.classifier == "token":
+    if model.config.classifier == "token" or model.config.pool_per_stream:
         assert set(out.modality_mask) == {"audio", "video"}
 
 
@@ -170,6 +171,34 @@ def test_pooling_classifiers_pool_every_token_of_every_stream(classifier):
         tokens = {"gap": normed.mean(1), "gmp": normed.max(1).values, "gsp": normed.sum(1)}[classifier]
         torch.testing.assert_close(model(**x).logits, model.head(tokens))
     assert model.config.num_tokens("audio") == 4 * 2  # no CLS token
+
+
+@pytest.mark.parametrize("classifier", ["gap", "gmp", "gsp"])
+def test_per_stream_pooling_pools_each_stream_apart_and_averages_its_logits(classifier):
+    # 4 audio and 8 video tokens (with as many, the mean of the streams' means would be the joint mean)
+    model = make(classifier=classifier, pool_per_stream=True, spec_frames=32)
+    joint = make(classifier=classifier, spec_frames=32)
+    joint.load_state_dict(model.state_dict())  # the option adds no parameter
+    x = inputs(model.config)
+    reduce = {"gap": lambda t: t.mean(1), "gmp": lambda t: t.max(1).values, "gsp": lambda t: t.sum(1)}[classifier]
+    with torch.no_grad():
+        encoded = model.encoder({m: model.embed(m, x[m]) for m in model.config.modalities})
+        per_stream = {m: model.head(reduce(model.norm(t))) for m, t in encoded.items()}
+        out = model(**x)
+        for m, logits in per_stream.items():
+            torch.testing.assert_close(out.modality_logits[m], logits)
+        torch.testing.assert_close(out.logits, (per_stream["audio"] + per_stream["video"]) / 2)
+        assert not torch.allclose(out.logits, joint(**x).logits, atol=1e-4)  # not the official joint pooling
+        # one stream alone: its own pooled logits
+        torch.testing.assert_close(model(audio=x["audio"]).logits, model(audio=x["audio"]).modality_logits["audio"])
+
+
+def test_per_stream_pooling_needs_a_pooling_classifier():
+    from mbt.errors import ConfigError
+    from mbt.schema import validate
+
+    with pytest.raises(ConfigError, match="model.pool_per_stream: needs a pooling classifier"):
+        validate(MBTConfig, {**SMALL, "pool_per_stream": True}, "model")
 
 
 def test_representation_size_adds_a_shared_tanh_pre_logits_layer():

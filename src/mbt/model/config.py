@@ -52,6 +52,10 @@ class MBTConfig(Schema):
     classifier: Literal["token", "gap", "gmp", "gsp"] = "token"
     """'token': per-stream CLS -> shared norm + head, logits averaged; 'gap' / 'gmp' / 'gsp': mean / max / sum
     over all tokens of all streams."""
+    pool_per_stream: bool = False
+    """With gap / gmp / gsp: pool each stream's tokens apart -> shared norm + head, logits averaged over the
+    streams, as the token classifier does (per-stream logits for each stream alone); false: the official pooling
+    over all streams' tokens together."""
     representation_size: PositiveInt | None = None
     """Width of the official pre-logits layer (Dense + tanh before the head); null: none (the official config)."""
     # Heads
@@ -102,6 +106,9 @@ class MBTConfig(Schema):
             raise invalid("num_heads", f"{self.num_heads} heads do not divide width {self.width}")
         if self.fusion_layer > self.depth:
             raise invalid("fusion_layer", f"must be in 0..depth ({self.depth}), got {self.fusion_layer}")
+        if self.pool_per_stream and self.classifier == "token":
+            raise invalid("pool_per_stream", "needs a pooling classifier (gap, gmp or gsp); the token classifier "
+                                             "already reads each stream apart")
         if self.image_size % self.patch_size:
             raise invalid("image_size", f"{self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.video_tokenizer == "tubelet" and self.num_frames % self.tubelet_size:

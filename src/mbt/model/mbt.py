@@ -29,7 +29,7 @@ CONFIG_NAME = "config.json"
 @dataclass
 class MBTOutput:
     logits: torch.Tensor  # (B, num_classes): the fused prediction (mean of the per-modality logits)
-    modality_logits: dict[str, torch.Tensor] = field(default_factory=dict)  # token classifier only
+    modality_logits: dict[str, torch.Tensor] = field(default_factory=dict)  # token classifier / pool_per_stream
     features: dict[str, torch.Tensor] = field(default_factory=dict)  # per-modality pooled features after the norm
     # (and the pre-logits layer, when there is one): what the head reads
     # {stream: (B,) bool} for the streams some samples lack (`forward(modality_mask=...)`): their entries of
@@ -245,8 +245,12 @@ class MBT(nn.Module):
         """Shared norm, pooling and head; `mask` as `forward`'s: a sample's pooling and logit mean use only the
         streams it has."""
         mask = mask or {}
-        if self.config.classifier == "token":
-            features = {m: self._pre_logits(self.norm(x[:, 0])) for m, x in tokens.items()}
+        if self.config.classifier == "token" or self.config.pool_per_stream:
+            if self.config.classifier == "token":
+                pooled = {m: self.norm(x[:, 0]) for m, x in tokens.items()}
+            else:  # each stream's tokens pooled apart (a sample lacking a stream is left out of the logit mean)
+                pooled = {m: _pool(self.norm(x), self.config.classifier, None) for m, x in tokens.items()}
+            features = {m: self._pre_logits(f) for m, f in pooled.items()}
             modality_logits = {m: self.head(f) for m, f in features.items()}
             # evaluation output of the official code: the mean of the per-modality logits
             logits = _masked_mean(modality_logits, mask)
