@@ -48,8 +48,9 @@ def classification_loss(logits: torch.Tensor, target: torch.Tensor, cfg: MBTConf
 def mbt_loss(out: MBTOutput, targets: dict[str, torch.Tensor] | torch.Tensor, cfg: MBTConfig,
              smoothing: float = 0.0) -> torch.Tensor:
     """With per-stream logits (the token classifier, or `pool_per_stream`): the mean of the per-modality losses
-    (official). `targets` may differ per modality (mixup with one weight per modality). With a modality mask (`out.modality_mask`) each sample's loss is
-    the mean over the streams it has: a masked stream's logits are no prediction and never reach the loss."""
+    (official). `targets` may differ per modality (mixup with one weight per modality). With a modality mask
+    (`out.modality_mask`) each sample's loss is the mean over the streams it has: a masked stream's logits are no
+    prediction and never reach the loss."""
     def target_for(m: str) -> torch.Tensor:
         return targets[m] if isinstance(targets, dict) else targets
 
