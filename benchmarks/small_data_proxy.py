@@ -35,6 +35,9 @@ OPTIONS = dict(
     depth=6, width=192, heads=3, fusion="bottleneck", fusion_layer=3, bottlenecks=4,
     frames=8, patch=16, tubelet=2, spec_patch=16, readout="cls", loss="mean", shift=8, freq_mask=16,
     modalities="av",  # "av" | "v" (video alone: the audio stream is not run)
+    stem="patch",  # "patch" (a linear patch embedding) | "conv" (3x3 stride-2 convolutions, Xiao et al. 2021)
+    model="proxy",  # "proxy" (CompactMBT below) | "mbt" (mbt's own MBT, official initialisers, in this loop)
+    init="official",  # with model=mbt: "official" | re-initialised as CompactMBT: "all", "linear", "head", "conv"
 )
 FRAMES, SPEC_FRAMES, MELS, SAMPLE_RATE = 20, 192, 128, 16000
 
@@ -90,12 +93,24 @@ class Block(nn.Module):
         return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
 
 
+def conv_stem(in_channels: int, width: int, patch: int) -> nn.Sequential:
+    """log2(patch) 3x3 stride-2 conv + BN + ReLU layers, then a 1x1 conv to the width (Xiao et al. 2021)."""
+    layers, channels = [], in_channels
+    for i in range(int(math.log2(patch))):
+        out = width // 2 ** (int(math.log2(patch)) - i)
+        layers += [nn.Conv2d(channels, out, 3, 2, 1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+        channels = out
+    return nn.Sequential(*layers, nn.Conv2d(channels, width, 1))
+
+
 class CompactMBT(nn.Module):
     def __init__(self, o: dict, image: int, classes: int):
         super().__init__()
         w, self.opts = o["width"], o
         self.video_embed = nn.Conv3d(3, w, (o["tubelet"], o["patch"], o["patch"]), (o["tubelet"], o["patch"], o["patch"]))
         self.audio_embed = nn.Conv2d(1, w, o["spec_patch"], o["spec_patch"])
+        if o["stem"] == "conv":
+            self.video_stem, self.audio_embed = conv_stem(3, w, o["patch"]), conv_stem(1, w, o["spec_patch"])
         video_tokens = o["frames"] // o["tubelet"] * (image // o["patch"]) ** 2
         audio_tokens = (SPEC_FRAMES // o["spec_patch"]) * (MELS // o["spec_patch"])
         self.pos = nn.ParameterDict({"video": nn.Parameter(torch.randn(1, video_tokens, w) * 0.02),
@@ -112,7 +127,14 @@ class CompactMBT(nn.Module):
 
     def forward(self, video: torch.Tensor, audio: torch.Tensor | None) -> dict[str, torch.Tensor]:
         o = self.opts
-        x = {"video": self.video_embed(video).flatten(2).transpose(1, 2) + self.pos["video"]}
+        if o["stem"] == "conv":  # per frame, then the tubelet's frames averaged
+            b, c, t, h, w = video.shape
+            frames = self.video_stem(video.transpose(1, 2).reshape(b * t, c, h, w))
+            tokens = frames.reshape(b, t // o["tubelet"], o["tubelet"], *frames.shape[1:]).mean(2)
+            tokens = tokens.permute(0, 2, 1, 3, 4)
+        else:
+            tokens = self.video_embed(video)
+        x = {"video": tokens.flatten(2).transpose(1, 2) + self.pos["video"]}
         if audio is not None:
             x["audio"] = self.audio_embed(audio[:, None]).flatten(2).transpose(1, 2) + self.pos["audio"]
         x = {m: torch.cat([self.cls[m].expand(len(t), -1, -1), t], 1) for m, t in x.items()}
@@ -132,6 +154,36 @@ class CompactMBT(nn.Module):
             return {m: self.head(self.norm(t[:, 0])) for m, t in x.items()}
         reduce = {"max": lambda t: t.amax(1), "mean": lambda t: t.mean(1)}[o["readout"]]
         return {m: self.head(reduce(self.norm(t[:, 1:]))) for m, t in x.items()}
+
+
+class MBTInLoop(nn.Module):
+    """`mbt`'s MBT with the proxy's settings, returning the per-stream logits as CompactMBT does."""
+
+    def __init__(self, o: dict, image: int, classes: int, with_audio: bool):
+        super().__init__()
+        from mbt.model.config import MBTConfig
+        from mbt.model.mbt import MBT
+
+        readout = {"cls": {"classifier": "token"}, "max": {"classifier": "gmp", "pool_per_stream": True},
+                   "mean": {"classifier": "gap", "pool_per_stream": True}}[o["readout"]]
+        self.mbt = MBT(MBTConfig.preset(
+            "mbt-tiny", modalities=("video", "audio") if with_audio else ("video",), depth=o["depth"],
+            width=o["width"], num_heads=o["heads"], mlp_dim=4 * o["width"], fusion=o["fusion"],
+            fusion_layer=o["fusion_layer"], num_bottlenecks=o["bottlenecks"], num_frames=o["frames"],
+            image_size=image, patch_size=o["patch"], tubelet_size=o["tubelet"], spec_frames=SPEC_FRAMES,
+            spec_patch=(o["spec_patch"], o["spec_patch"]), stem=o["stem"], drop_path_rate=0.0,
+            num_classes=classes, **readout))
+        parts = {"all": ("linear", "head", "conv"), "official": ()}.get(o["init"], (o["init"],))
+        for name, module in self.mbt.named_modules():
+            is_head = name == "head"
+            if isinstance(module, nn.Linear) and (("head" in parts and is_head) or ("linear" in parts and not is_head)):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, (nn.Conv2d, nn.Conv3d)) and "conv" in parts:
+                module.reset_parameters()  # PyTorch's default (kaiming uniform), as CompactMBT's convolutions
+
+    def forward(self, video: torch.Tensor, audio: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        return self.mbt(video, audio).modality_logits
 
 
 # ==================================================================== training
@@ -155,9 +207,11 @@ def main() -> None:
         for s in stream:
             stream[s] = (stream[s] - mean) / std
     classes = int(labels["train"].max()) + 1
-    model = CompactMBT(o, video["train"].shape[-1], classes)
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and not n.startswith("pos")]
-    rest = [p for n, p in model.named_parameters() if not (p.ndim > 1 and not n.startswith("pos"))]
+    with_audio = o["modalities"] == "av"
+    model = (MBTInLoop(o, video["train"].shape[-1], classes, with_audio) if o["model"] == "mbt" else
+             CompactMBT(o, video["train"].shape[-1], classes))
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "pos" not in n]
+    rest = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "pos" not in n)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": o["weight_decay"]},
                                    {"params": rest, "weight_decay": 0.0}], lr=o["lr"])
     n = len(labels["train"])
@@ -166,7 +220,6 @@ def main() -> None:
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: (t + 1) / warm if t < warm else
                                                  0.5 * (1 + math.cos(math.pi * (t - warm) / max(1, total - warm))))
     g = torch.Generator().manual_seed(o["seed"])
-    with_audio = o["modalities"] == "av"
 
     def augment(v: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         s, size = o["shift"], v.shape[-1]

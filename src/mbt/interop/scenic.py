@@ -137,7 +137,7 @@ def infer_config(leaves: dict[str, np.ndarray], source: str = "checkpoint", **ov
     cls = 1 if classifier == "token" else 0
     inferred: dict[str, Any] = dict(
         modalities=modalities, depth=depth, width=width, num_heads=leaves[query].shape[1],
-        mlp_dim=leaves[mlp].shape[1], share_weights=share, classifier=classifier,
+        mlp_dim=leaves[mlp].shape[1], share_weights=share, classifier=classifier, stem="patch",
         num_classes=leaves["output_projection/kernel"].shape[1],
         representation_size=leaves["pre_logits/kernel"].shape[1] if "pre_logits/kernel" in leaves else None)
     if "bottleneck" in leaves:

@@ -274,19 +274,24 @@ def init_from_vit(model: MBT, path: str | Path, *, video_kernel_init: str = "cen
         tokens = torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.float32)).reshape(1, -1, cfg.width)
         return torch.cat([cls_pos, tokens], dim=1) if cfg.classifier == "token" else tokens
 
+    if cfg.stem == "conv":
+        notes.append("tokenizers left at initialisation (model.stem: conv; the ViT has a linear patch embedding)")
     for m in cfg.modalities:
         kind, channels = MODALITY_KINDS[m]
         token_grid = cfg.token_grid(m)
         if kind == "audio":
             if tuple(cfg.spec_patch) != (vit.patch, vit.patch):
                 fail(f"ViT patch {vit.patch}x{vit.patch} does not match model.spec_patch {tuple(cfg.spec_patch)}")
-            state[f"tokenizers.{m}.proj.weight"] = kernel  # the RGB kernel as it is (official, 3 channels)
-            state[f"tokenizers.{m}.proj.bias"] = bias
+            if cfg.stem == "patch":
+                state[f"tokenizers.{m}.proj.weight"] = kernel  # the RGB kernel as it is (official, 3 channels)
+                state[f"tokenizers.{m}.proj.bias"] = bias
             state[f"pos_embed.{m}"] = with_cls(resize_grid(grid, *token_grid))
         else:
             if cfg.patch_size != vit.patch:
                 fail(f"ViT patch {vit.patch} does not match model.patch_size {cfg.patch_size}")
-            if channels == 3:
+            if cfg.stem == "conv":
+                pass  # noted once below
+            elif channels == 3:
                 state[f"tokenizers.{m}.proj.weight"] = (inflate_kernel(kernel, cfg.tubelet_size, video_kernel_init)
                                                         if cfg.video_tokenizer == "tubelet" else kernel)
                 state[f"tokenizers.{m}.proj.bias"] = bias

@@ -79,6 +79,11 @@ class MBTConfig(Schema):
     """Frames of a tubelet."""
     sampled_frames: PositiveInt = 8
     """Frames kept by the frame_sampling tokenizer."""
+    stem: Literal["patch", "conv"] = "patch"
+    """How pixels and spectrogram become tokens: 'patch': the official linear patch projection; 'conv': a
+    convolutional stem (3x3 stride-2 conv + BatchNorm + ReLU layers, then 1x1; per frame, a tubelet's frames
+    averaged) with the same token grid, for training from scratch on small data (not in the paper; no official
+    or ImageNet weights for it). Patch sizes must be powers of two."""
     # Audio tokenizer: a (time x mel) log-mel spectrogram cut into patches (time first, as the official code)
     spec_frames: PositiveInt = 800
     """Spectrogram frames of the audio input (100 a second: 800 = 8 s)."""
@@ -86,6 +91,12 @@ class MBTConfig(Schema):
     """Mel bins of the audio input."""
     spec_patch: tuple[PositiveInt, PositiveInt] = (16, 16)
     """(time, mel) size of a spectrogram patch."""
+    weight_init: Literal["official", "trunc_normal"] = "official"
+    """Initialisers of a model trained from scratch: 'official': scenic's (Xavier-uniform attention and MLP
+    weights, LeCun-normal patch kernels, a zero head); 'trunc_normal': timm's ViT default (trunc-normal(0.02)
+    Linear weights, the head's included, zero biases, PyTorch's default convolutions), whose near-identity blocks
+    pass the tokenizer's features to the head from the first step (docs/small-data.md section 7). Weights loaded
+    from a checkpoint replace either."""
     # Regularisation
     drop_path_rate: Rate = 0.0
     """Stochastic depth of the last layer (rising linearly from 0 at the first)."""
@@ -111,6 +122,11 @@ class MBTConfig(Schema):
                                              "already reads each stream apart")
         if self.image_size % self.patch_size:
             raise invalid("image_size", f"{self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.stem == "conv":
+            for key, sides in (("patch_size", (self.patch_size,)), ("spec_patch", tuple(self.spec_patch))):
+                if any(side < 2 or side & (side - 1) for side in sides):
+                    raise invalid(key, f"the conv stem halves the input per layer: patch sides must be powers of "
+                                       f"two (2, 4, 8, 16, ...), got {sides if len(sides) > 1 else sides[0]}")
         if self.video_tokenizer == "tubelet" and self.num_frames % self.tubelet_size:
             raise invalid("num_frames", f"{self.num_frames} frames are not a multiple of tubelet_size "
                                         f"{self.tubelet_size}")

@@ -18,7 +18,8 @@ from mbt.media.settings import PREPROCESSOR_FILE, PreprocessorConfig
 from mbt.model.blocks import layer_norm
 from mbt.model.config import MODALITY_KINDS, MBTConfig
 from mbt.model.fusion import FusionEncoder
-from mbt.model.tokenizers import FrameSamplingEmbed, SpectrogramEmbed, TubeletEmbed
+from mbt.model.tokenizers import (ConvSpectrogramEmbed, ConvVideoEmbed, FrameSamplingEmbed, SpectrogramEmbed,
+                                  TubeletEmbed, sampled_frame_indices)
 
 log = logging.getLogger("mbt.model")
 
@@ -86,7 +87,9 @@ class MBT(nn.Module):
         self.cls_token = nn.ParameterDict()
         for m in config.modalities:
             kind, channels = MODALITY_KINDS[m]
-            if kind == "audio":
+            if config.stem == "conv":
+                self.tokenizers[m] = self._conv_tokenizer(kind, channels)
+            elif kind == "audio":
                 self.tokenizers[m] = SpectrogramEmbed(d, config.spec_patch)
             elif config.video_tokenizer == "tubelet":
                 self.tokenizers[m] = TubeletEmbed(channels, d, config.tubelet_size, config.patch_size)
@@ -104,8 +107,20 @@ class MBT(nn.Module):
         self.head = nn.Linear(config.representation_size or d, config.num_classes)
         self._init_weights()
 
+    def _conv_tokenizer(self, kind: str, channels: int) -> nn.Module:
+        config = self.config
+        if kind == "audio":
+            return ConvSpectrogramEmbed(config.width, config.spec_patch)
+        if config.video_tokenizer == "tubelet":
+            return ConvVideoEmbed(channels, config.width, config.patch_size, config.tubelet_size)
+        return ConvVideoEmbed(channels, config.width, config.patch_size, 1,
+                              sampled_frame_indices(config.num_frames, config.sampled_frames))
+
     # ------------------------------------------------------------------ init (official initialisers)
     def _init_weights(self) -> None:
+        if self.config.weight_init == "trunc_normal":
+            self._init_trunc_normal()
+            return
         for name, module in self.named_modules():
             if isinstance(module, nn.Linear) and name.endswith("attn.qkv"):
                 d = module.in_features
@@ -119,7 +134,8 @@ class MBT(nn.Module):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.normal_(module.bias, std=1e-6)
             elif isinstance(module, (nn.Conv2d, nn.Conv3d)):
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:  # the conv stem's 3x3 layers have none (BatchNorm follows)
+                    nn.init.zeros_(module.bias)
                 if isinstance(module, nn.Conv3d):
                     # central-frame init: a 2-D kernel at the middle time index, zeros elsewhere (what the official
                     # name means; its random initializer zeroes the width axis by mistake)
@@ -133,6 +149,15 @@ class MBT(nn.Module):
             nn.init.zeros_(self.pre_logits.bias)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
+
+    def _init_trunc_normal(self) -> None:
+        """timm's ViT default: every Linear (the head too) trunc-normal(0.02) with zero bias; convolutions keep
+        PyTorch's default. With small residual branches the blocks start near the identity, so the head reads the
+        tokenizer's (e.g. the conv stem's local) features from the first step instead of six random blocks'."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
 
     @staticmethod
     def count_parameters(config: MBTConfig, *, buffers: bool = False) -> int:

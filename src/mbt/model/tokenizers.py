@@ -84,3 +84,64 @@ def split_kernel(kernel: torch.Tensor) -> torch.Tensor:
     and converted runs keep their logits bit for bit."""
     a = kernel / 3
     return torch.cat([a, a, kernel - 2 * a], dim=1)
+
+
+# ==================================================================== the convolutional stem (`model.stem: conv`)
+class ConvStem(nn.Module):
+    """A convolutional stem in place of the patch projection (Xiao et al., "Early convolutions help transformers
+    see better", 2021): 3x3 convolutions + BatchNorm + ReLU, each halving the image along the axes that still have
+    to shrink, then a 1x1 convolution to the width. Its output grid is the patch projection's (one token per
+    p x p patch), so positional embeddings, token order and every shape downstream are unchanged.
+
+    Why it exists: a linear patch embedding carries no locality or shift prior; trained from scratch on a few
+    hundred clips, the transformer does not learn one in the steps it has (docs/small-data.md section 7). Not in
+    the paper and in no official checkpoint.
+    """
+
+    def __init__(self, in_channels: int, width: int, patch: tuple[int, int]):
+        super().__init__()
+        halvings = [p.bit_length() - 1 for p in patch]  # patch sides are powers of two (checked by MBTConfig)
+        layers, channels, n = [], in_channels, max(halvings)
+        for i in range(n):
+            out = max(width >> (n - i), 8)
+            stride = tuple(2 if i < h else 1 for h in halvings)
+            layers += [nn.Conv2d(channels, out, 3, stride, 1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+            channels = out
+        layers.append(nn.Conv2d(channels, width, 1))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:  # (N, C, H, W) -> (N, D, H / p, W / p)
+        return self.layers(images)
+
+
+class ConvVideoEmbed(nn.Module):
+    """The stem on every frame; a tubelet's token is the mean of its frames' (`frame_index`: the frames kept by
+    the frame_sampling tokenizer, one frame a token). Token order as TubeletEmbed: t slowest, then h, then w."""
+
+    def __init__(self, in_channels: int, width: int, patch: int, tubelet: int, frame_index: list[int] | None = None):
+        super().__init__()
+        self.stem = ConvStem(in_channels, width, (patch, patch))
+        self.tubelet = tubelet
+        if frame_index is None:
+            self.frame_index = None
+        else:
+            self.register_buffer("frame_index", torch.tensor(frame_index), persistent=False)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:  # (B, C, T, H, W)
+        if self.frame_index is not None:
+            video = video.index_select(2, self.frame_index)
+        b, c, t, h, w = video.shape
+        maps = self.stem(video.transpose(1, 2).reshape(b * t, c, h, w))  # (B*T, D, h', w')
+        maps = maps.reshape(b, t // self.tubelet, self.tubelet, *maps.shape[1:]).mean(dim=2)  # (B, T', D, h', w')
+        return maps.permute(0, 1, 3, 4, 2).reshape(b, -1, maps.shape[2])
+
+
+class ConvSpectrogramEmbed(nn.Module):
+    """The stem on the (time x mel) log-mel as a 1-channel image; tokens time-major as SpectrogramEmbed."""
+
+    def __init__(self, width: int, patch: tuple[int, int]):
+        super().__init__()
+        self.stem = ConvStem(1, width, patch)
+
+    def forward(self, spectrogram: torch.Tensor) -> torch.Tensor:  # (B, T_spec, n_mels)
+        return self.stem(spectrogram.unsqueeze(1)).flatten(2).transpose(1, 2)
