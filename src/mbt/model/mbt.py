@@ -18,8 +18,14 @@ from mbt.media.settings import PREPROCESSOR_FILE, PreprocessorConfig
 from mbt.model.blocks import layer_norm
 from mbt.model.config import MODALITY_KINDS, MBTConfig
 from mbt.model.fusion import FusionEncoder
-from mbt.model.tokenizers import (ConvSpectrogramEmbed, ConvVideoEmbed, FrameSamplingEmbed, SpectrogramEmbed,
-                                  TubeletEmbed, sampled_frame_indices)
+from mbt.model.tokenizers import (
+    ConvSpectrogramEmbed,
+    ConvVideoEmbed,
+    FrameSamplingEmbed,
+    SpectrogramEmbed,
+    TubeletEmbed,
+    sampled_frame_indices,
+)
 
 log = logging.getLogger("mbt.model")
 
