@@ -73,13 +73,11 @@ def head_input_spread(cfg, stream: str = "audio") -> float:
                           train=False, modalities=(stream,))
     inputs = torch.stack([dataset[i]["inputs"][stream] for i in range(len(dataset))])
     torch.manual_seed(0)
-    model = MBT(cfg.model.model_copy(update={"modalities": (stream,)})).eval()
-    captured = []
-    hook = model.norm.register_forward_hook(lambda module, args, out: captured.append(out))
+    # the paper's model (CLS readout, official init) on either config's inputs: this measures the inputs alone
+    model = MBT(cfg.model.model_copy(update={"modalities": (stream,), "stem": "patch", "classifier": "token",
+                                             "pool_per_stream": False, "weight_init": "official"})).eval()
     with torch.no_grad():
-        model(**{stream: inputs})
-    hook.remove()
-    features = captured[0]
+        features = model(**{stream: inputs}).features[stream]  # what the head reads (CLS or pooled tokens)
     mean = features.mean(0)
     return ((features - mean).pow(2).sum(1).mean() / mean.pow(2).sum()).item()
 

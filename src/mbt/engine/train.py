@@ -302,11 +302,14 @@ def log_data_fit(cfg: Config, rows, window) -> None:
     if fit is not None:
         (log.warning if fit.needs_note else log.info)("input windows: %s", fit.describe())
     from_scratch = not cfg.train.init_from or cfg.train.init_from == SCRATCH
-    fitted = cfg.data.fit_windows and cfg.data.normalisation == "dataset"  # the small-data recipe's settings
-    if from_scratch and not fitted and len(rows) < SMALL_SET_CLIPS:
-        log.warning("training from scratch on %d clips (< %d): the small-data recipe (`mbt train small-data`) fits "
-                    "the windows and statistics to your clips; README 'Training on a few hundred clips' says what it "
-                    "reaches", len(rows), SMALL_SET_CLIPS)
+    # the small-data recipe's settings: a model that starts as a small CNN, windows and statistics of the clips
+    small_data_model = cfg.model.stem == "conv" and cfg.model.weight_init == "trunc_normal"
+    fitted = cfg.data.fit_windows and cfg.data.normalisation == "dataset"
+    if from_scratch and not (fitted and small_data_model) and len(rows) < SMALL_SET_CLIPS:
+        log.warning("training from scratch on %d clips (< %d): the small-data recipe (`mbt train small-data`) starts "
+                    "the model as a small CNN (conv stem, max readout, trunc-normal init) and fits the windows and "
+                    "statistics to your clips; README 'Training on a few hundred clips' says what it reaches",
+                    len(rows), SMALL_SET_CLIPS)
 
 
 def _shard_datasets(cfg: Config, class_names: list[str], preprocessor: Preprocessor):

@@ -103,7 +103,7 @@ class ConvStem(nn.Module):
         halvings = [p.bit_length() - 1 for p in patch]  # patch sides are powers of two (checked by MBTConfig)
         layers, channels, n = [], in_channels, max(halvings)
         for i in range(n):
-            out = max(width >> (n - i), 8)
+            out = max(width >> (n - 1 - i), 8)  # Xiao et al.: width / 8, / 4, / 2, width for 4 layers
             stride = tuple(2 if i < h else 1 for h in halvings)
             layers += [nn.Conv2d(channels, out, 3, stride, 1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
             channels = out
