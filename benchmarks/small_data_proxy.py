@@ -37,7 +37,8 @@ OPTIONS = dict(
     modalities="av",  # "av" | "v" (video alone: the audio stream is not run)
     stem="patch",  # "patch" (a linear patch embedding) | "conv" (3x3 stride-2 convolutions, Xiao et al. 2021)
     model="proxy",  # "proxy" (CompactMBT below) | "mbt" (mbt's own MBT, official initialisers, in this loop)
-    init="official",  # with model=mbt: "official" | re-initialised as CompactMBT: "all", "linear", "head", "conv"
+    init="official",  # with model=mbt: model.weight_init "official" | "trunc_normal", or one part of the latter
+    # alone over the official initialisers (the bisection of docs/small-data.md section 7): "linear", "head", "conv"
 )
 FRAMES, SPEC_FRAMES, MELS, SAMPLE_RATE = 20, 192, 128, 16000
 
@@ -172,14 +173,15 @@ class MBTInLoop(nn.Module):
             fusion_layer=o["fusion_layer"], num_bottlenecks=o["bottlenecks"], num_frames=o["frames"],
             image_size=image, patch_size=o["patch"], tubelet_size=o["tubelet"], spec_frames=SPEC_FRAMES,
             spec_patch=(o["spec_patch"], o["spec_patch"]), stem=o["stem"], drop_path_rate=0.0,
-            num_classes=classes, **readout))
-        parts = {"all": ("linear", "head", "conv"), "official": ()}.get(o["init"], (o["init"],))
-        for name, module in self.mbt.named_modules():
+            num_classes=classes, weight_init="trunc_normal" if o["init"] == "trunc_normal" else "official",
+            **readout))
+        for name, module in self.mbt.named_modules():  # one part of trunc_normal over the official init
             is_head = name == "head"
-            if isinstance(module, nn.Linear) and (("head" in parts and is_head) or ("linear" in parts and not is_head)):
+            if isinstance(module, nn.Linear) and ((o["init"] == "head" and is_head) or
+                                                  (o["init"] == "linear" and not is_head)):
                 nn.init.trunc_normal_(module.weight, std=0.02)
                 nn.init.zeros_(module.bias)
-            elif isinstance(module, (nn.Conv2d, nn.Conv3d)) and "conv" in parts:
+            elif isinstance(module, (nn.Conv2d, nn.Conv3d)) and o["init"] == "conv":
                 module.reset_parameters()  # PyTorch's default (kaiming uniform), as CompactMBT's convolutions
 
     def forward(self, video: torch.Tensor, audio: torch.Tensor | None) -> dict[str, torch.Tensor]:

@@ -290,7 +290,7 @@ def init_from_vit(model: MBT, path: str | Path, *, video_kernel_init: str = "cen
             if cfg.patch_size != vit.patch:
                 fail(f"ViT patch {vit.patch} does not match model.patch_size {cfg.patch_size}")
             if cfg.stem == "conv":
-                pass  # noted once below
+                pass  # the stem has no counterpart in the ViT (noted once, above)
             elif channels == 3:
                 state[f"tokenizers.{m}.proj.weight"] = (inflate_kernel(kernel, cfg.tubelet_size, video_kernel_init)
                                                         if cfg.video_tokenizer == "tubelet" else kernel)
